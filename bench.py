@@ -1,0 +1,101 @@
+"""
+Benchmarks, side by side in one run on the same random weights: our T5 against Hugging Face transformers.
+
+    python bench.py                                  # t5-small shape, batch 8, 256 source tokens, 50 prompt vectors
+    python bench.py --shape t5-base --precision bf16
+
+Measures a prompt-tuning step (forward, loss, backward to the prompt) and reports medians over repeats.
+Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
+"""
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import model_t5
+
+SHAPES = {  # the published configs' shapes (weights are random: only speed is measured)
+    "t5-small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64),
+    "t5-base": dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64),
+}
+
+
+def make_models(shape, dtype):
+    from transformers import T5Config, T5ForConditionalGeneration
+    torch.manual_seed(0)
+    hf = T5ForConditionalGeneration(T5Config(vocab_size=32128, feed_forward_proj="relu", decoder_start_token_id=0, **SHAPES[shape]))
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        ours = model_t5.load_t5(folder, dtype=dtype)
+        hf = T5ForConditionalGeneration.from_pretrained(folder, torch_dtype=dtype).eval()
+    return ours, hf.requires_grad_(False)
+
+
+def step_ours(model, ids, labels, prompt, autocast):
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        logits = model(ids, model_t5.shift_right(labels), prompt=prompt)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    loss.backward()
+    return loss
+
+
+def step_hf(model, ids, labels, prompt, autocast):
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        embeds = torch.cat([prompt.expand(ids.shape[0], -1, -1).to(model.dtype), model.shared(ids)], dim=1)
+        loss = model(inputs_embeds=embeds, labels=labels).loss
+    loss.backward()
+    return loss
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=SHAPES, default="t5-small")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--src", type=int, default=256, help="source tokens per example")
+    p.add_argument("--prompt", type=int, default=50, help="soft prompt vectors")
+    p.add_argument("--tgt", type=int, default=3, help="target tokens per example")
+    p.add_argument("--precision", choices=["fp32", "bf16-autocast", "bf16"], default="fp32",
+                   help="fp32 weights; fp32 weights under bf16 autocast; or bf16 weights")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    autocast = args.precision == "bf16-autocast"
+    ours, hf = make_models(args.shape, dtype)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
+    labels = torch.randint(3, 32000, (args.batch, args.tgt), generator=g)
+    init = torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5
+    tokens = args.batch * (args.src + args.prompt + args.tgt)
+
+    times = {"ours": [], "transformers": []}
+    losses = {}
+    for r in range(args.repeats + 1):  # the first round warms up and is not counted
+        for name, step, model in (("ours", step_ours, ours), ("transformers", step_hf, hf)):
+            prompt = init.clone().requires_grad_()
+            t0 = time.perf_counter()
+            losses[name] = step(model, ids, labels, prompt, autocast).item()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+
+    print(f"prompt-tuning step (forward + backward), {args.shape} shape, batch {args.batch}, {args.src} source + "
+          f"{args.prompt} prompt + {args.tgt} target tokens, {args.precision}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}")
+    print(f"{'':14}{'s/step':>9}{'tokens/s':>10}{'loss':>10}")
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        print(f"{name:14}{median:9.3f}{tokens / median:10,.0f}{losses[name]:10.4f}")
+    ratio = statistics.median(times["transformers"]) / statistics.median(times["ours"])
+    print(f"speed-up of ours over transformers {transformers_version()}: {ratio:.2f}x")
+
+
+def transformers_version():
+    import transformers
+    return transformers.__version__
+
+
+if __name__ == "__main__":
+    main()

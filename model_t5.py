@@ -1,0 +1,528 @@
+"""
+A hand-written T5 encoder-decoder that computes exactly what Hugging Face's `T5ForConditionalGeneration`
+computes with the same weights, plus what prompt tuning needs around it: strict loading of Hugging Face
+safetensors checkpoints, a soft prompt prepended to the encoder input, greedy decoding with a key/value
+cache, scoring of label sequences, and the sentencepiece tokenizer.
+
+References (the "why" of every quirk is cited at the line that implements it):
+- Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer".
+- transformers `models/t5/modeling_t5.py` (v4.57), the numerical oracle of our tests.
+- Lester et al. 2021, "The Power of Scale for Parameter-Efficient Prompt Tuning" (the soft prompt).
+
+    model = load_t5("models/t5-base")
+    logits = model(input_ids, decoder_input_ids, attention_mask, prompt=prompt)   # (B, T_dec, vocab)
+"""
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CheckpointError(ValueError):
+    """A model folder or file the user pointed us to cannot be used; the message says how to fix it."""
+
+
+# -----------------------------------------------------------------------------
+# config: the field names are the keys of Hugging Face's config.json
+
+@dataclass
+class T5Config:
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int | None = None  # None: as many as num_layers
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"  # "relu" (T5 v1.0) or "gated-gelu" (v1.1, LM-adapted, Flan)
+    dense_act_fn: str | None = None  # derived from feed_forward_proj when absent, as configuration_t5.py does
+    is_gated_act: bool | None = None
+    tie_word_embeddings: bool = True  # PretrainedConfig's default; v1.0 ties, v1.1 and Flan do not
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+
+    def __post_init__(self):
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_layers
+        # configuration_t5.py: "gated-gelu" -> gated, act "gelu_new" (kept for backward compatibility)
+        parts = self.feed_forward_proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise CheckpointError(f"feed_forward_proj {self.feed_forward_proj!r} is not 'ACT' or 'gated-ACT'")
+        act = "gelu_new" if self.feed_forward_proj == "gated-gelu" else parts[-1]
+        if self.dense_act_fn is None:
+            self.dense_act_fn = act
+        if self.is_gated_act is None:
+            self.is_gated_act = parts[0] == "gated"
+        if self.dense_act_fn not in ACTIVATIONS:
+            raise CheckpointError(f"activation {self.dense_act_fn!r} is not supported (known: {', '.join(ACTIVATIONS)})")
+
+    @classmethod
+    def from_json(cls, path):
+        """Reads a Hugging Face config.json; keys that do not shape the network (architectures, ...) are ignored."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot read the model config ({e})") from None
+        if raw.get("model_type", "t5") not in ("t5", "mt5"):
+            raise CheckpointError(f"{path}: model_type is {raw['model_type']!r}, but this program implements T5 only")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def to_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def gelu_new(x):
+    # activations.py NewGELUActivation: the tanh approximation of GELU used by Google's gated-gelu T5s
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu_new": gelu_new, "gelu": F.gelu, "silu": F.silu,
+               "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+# -----------------------------------------------------------------------------
+# the network; module names make state_dict() keys equal Hugging Face's
+
+class RMSNorm(nn.Module):
+    """T5LayerNorm: scale only, no mean subtraction and no bias; the variance is always taken in fp32."""
+
+    def __init__(self, d, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)  # (B, T, 1)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):  # modeling_t5.py casts back only for half weights
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg, has_relative_bias):
+        super().__init__()
+        inner = cfg.num_heads * cfg.d_kv  # may differ from d_model (flan-t5-small: 6 heads x 64 = 384 < 512)
+        self.q = nn.Linear(cfg.d_model, inner, bias=False)
+        self.k = nn.Linear(cfg.d_model, inner, bias=False)
+        self.v = nn.Linear(cfg.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, cfg.d_model, bias=False)
+        if has_relative_bias:  # only block 0 owns the table; its bias is shared by every block of the stack
+            self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
+        self.n_heads, self.d_kv, self.dropout_rate = cfg.num_heads, cfg.d_kv, cfg.dropout_rate
+
+    def split_heads(self, x):
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.d_kv).transpose(1, 2)  # (B, T, H*dk) -> (B, H, T, dk)
+
+    def keys_values(self, x):
+        return self.split_heads(self.k(x)), self.split_heads(self.v(x))  # 2 x (B, H, S, dk)
+
+    def forward(self, x, k, v, bias):
+        """x (B, T, d) attends to keys/values (B, H, S, dk); bias (B or 1, H, T, S) holds position bias + mask."""
+        B, T, _ = x.shape
+        q = self.split_heads(self.q(x))  # (B, H, T, dk)
+        # no 1/sqrt(dk): Mesh TensorFlow folds it into the initialisation of q (modeling_t5.py _init_weights)
+        scores = q @ k.transpose(-1, -2)  # (B, H, T, dk) @ (B, H, dk, S) -> (B, H, T, S)
+        scores += bias  # in place: the raw scores are not needed for the backward pass
+        weights = F.softmax(scores.float(), dim=-1).type_as(scores)  # softmax in fp32 even under bf16
+        weights = F.dropout(weights, self.dropout_rate, self.training)
+        out = weights @ v  # (B, H, T, S) @ (B, H, S, dk) -> (B, H, T, dk)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_kv)  # (B, H, T, dk) -> (B, T, H*dk)
+        return self.o(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.is_gated_act:  # T5 v1.1: wo(act(wi_0 x) * wi_1 x)
+            self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        else:  # T5 v1.0: wo(relu(wi x))
+            self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.act, self.gated, self.dropout_rate = ACTIVATIONS[cfg.dense_act_fn], cfg.is_gated_act, cfg.dropout_rate
+
+    def forward(self, x):
+        h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))  # (B, T, d_ff)
+        h = F.dropout(h, self.dropout_rate, self.training)  # dropout after the activation, before wo
+        return self.wo(h)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: self-attention, (decoder only) cross-attention, feed-forward."""
+
+    def __init__(self, cfg, is_decoder, has_relative_bias):
+        super().__init__()
+        norm = lambda: RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        # ModuleDicts give the keys Hugging Face uses: layer.0.SelfAttention.q.weight, layer.0.layer_norm.weight...
+        layers = [nn.ModuleDict({"SelfAttention": Attention(cfg, has_relative_bias), "layer_norm": norm()})]
+        if is_decoder:
+            layers.append(nn.ModuleDict({"EncDecAttention": Attention(cfg, False), "layer_norm": norm()}))
+        layers.append(nn.ModuleDict({"DenseReluDense": FeedForward(cfg), "layer_norm": norm()}))
+        self.layer = nn.ModuleList(layers)
+        self.dropout_rate = cfg.dropout_rate
+
+    def forward(self, h, self_bias, cross_kv=None, cross_bias=None, past_kv=None):
+        """Returns the new hidden states and this block's self-attention keys/values (the decoding cache)."""
+        drop = lambda x: F.dropout(x, self.dropout_rate, self.training)
+        sa = self.layer[0]
+        x = sa.layer_norm(h)
+        k, v = sa.SelfAttention.keys_values(x)  # 2 x (B, H, T, dk)
+        if past_kv is not None:  # decoding one token: attend to every earlier token's cached keys/values too
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (B, H, past+T, dk)
+        h = h + drop(sa.SelfAttention(x, k, v, self_bias))
+        if cross_kv is not None:
+            ca = self.layer[1]
+            h = h + drop(ca.EncDecAttention(ca.layer_norm(h), *cross_kv, cross_bias))
+        ff = self.layer[-1]
+        h = h + drop(ff.DenseReluDense(ff.layer_norm(h)))
+        return h, (k, v)
+
+
+def relative_position_bucket(relative_position, bidirectional, num_buckets, max_distance):
+    """modeling_t5.py _relative_position_bucket, step for step (the float32 log and the truncation matter).
+
+    relative_position = key position - query position. Small distances get a bucket each, larger ones share
+    logarithmically wider buckets up to max_distance. Bidirectional (encoder) uses half the buckets per sign.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).to(torch.long) * num_buckets
+        distance = relative_position.abs()
+    else:  # causal (decoder): only keys at or before the query exist
+        distance = -torch.min(relative_position, torch.zeros_like(relative_position))
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    log_bucket = max_exact + (torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+                              * (num_buckets - max_exact)).to(torch.long)
+    log_bucket = torch.min(log_bucket, torch.full_like(log_bucket, num_buckets - 1))
+    return buckets + torch.where(is_small, distance, log_bucket)
+
+
+class Stack(nn.Module):
+    def __init__(self, cfg, embed_tokens, is_decoder):
+        super().__init__()
+        self.embed_tokens = embed_tokens  # the shared embedding, registered here too so the keys match HF's aliases
+        n = cfg.num_decoder_layers if is_decoder else cfg.num_layers
+        self.block = nn.ModuleList([Block(cfg, is_decoder, has_relative_bias=(i == 0)) for i in range(n)])
+        self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.is_decoder, self.cfg = is_decoder, cfg
+
+    def position_bias(self, query_pos, key_pos):
+        """(Q,), (K,) absolute positions -> (1, H, Q, K) learned bias, from block 0's table (shared by all blocks)."""
+        rel = key_pos[None, :] - query_pos[:, None]  # (Q, K)
+        buckets = relative_position_bucket(rel, not self.is_decoder, self.cfg.relative_attention_num_buckets,
+                                           self.cfg.relative_attention_max_distance)
+        table = self.block[0].layer[0].SelfAttention.relative_attention_bias
+        return table(buckets).permute(2, 0, 1).unsqueeze(0)  # (Q, K, H) -> (1, H, Q, K)
+
+    def forward(self, h, self_bias, cross_kv=None, cross_bias=None, cache=None):
+        """h (B, T, d) embedded inputs -> (B, T, d). cache: a list of per-block (k, v), updated in place."""
+        h = F.dropout(h, self.cfg.dropout_rate, self.training)
+        for i, block in enumerate(self.block):
+            h, kv = block(h, self_bias, cross_kv[i] if cross_kv else None, cross_bias,
+                          cache[i] if cache else None)
+            if cache is not None:
+                cache[i] = kv
+        return F.dropout(self.final_layer_norm(h), self.cfg.dropout_rate, self.training)
+
+
+def additive_mask(allowed, dtype):
+    """bool mask (True = may attend) -> 0 / most negative float, added to attention scores as HF does."""
+    return (1.0 - allowed.to(dtype)) * torch.finfo(dtype).min
+
+
+class T5(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = Stack(cfg, self.shared, is_decoder=False)
+        self.decoder = Stack(cfg, self.shared, is_decoder=True)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.shared.weight
+
+    @property
+    def dtype(self):
+        return self.shared.weight.dtype
+
+    def encode(self, input_ids, attention_mask=None, prompt=None):
+        """(B, S) token ids [+ soft prompt (n, d) or (B, n, d)] -> hidden (B, n+S, d) and its mask (B, n+S)."""
+        B, S = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        h = self.shared(input_ids)  # (B, S, d); T5 does not scale embeddings by sqrt(d)
+        if prompt is not None:  # prompt tuning (Lester et al. 2021; PEFT peft_model.py): prepend, extend the mask
+            prompt = self.check_prompt(prompt, B).to(h.dtype)
+            h = torch.cat([prompt.expand(B, -1, -1), h], dim=1)  # (B, n+S, d)
+            attention_mask = torch.cat([attention_mask.new_ones(B, prompt.shape[-2]), attention_mask], dim=1)
+        pos = torch.arange(h.shape[1], device=h.device)  # prompt vectors take positions 0..n-1, as in PEFT
+        bias = self.encoder.position_bias(pos, pos) + additive_mask(attention_mask[:, None, None, :], self.dtype)
+        return self.encoder(h, bias), attention_mask  # bias: (1, H, S, S) + (B, 1, 1, S) -> (B, H, S, S)
+
+    def check_prompt(self, prompt, batch_size):
+        d = self.config.d_model
+        ok = prompt.dim() == 2 or (prompt.dim() == 3 and prompt.shape[0] in (1, batch_size))
+        if not ok or prompt.shape[-1] != d:
+            raise ValueError(f"prompt must be (n, {d}) or ({batch_size}, n, {d}), got {tuple(prompt.shape)}")
+        return prompt
+
+    def cross_keys_values(self, encoder_hidden):
+        """Keys/values of the encoder output for every decoder block: computed once per input, reused per step."""
+        return [blk.layer[1].EncDecAttention.keys_values(encoder_hidden) for blk in self.decoder.block]
+
+    def decode(self, decoder_input_ids, cross_kv, encoder_mask, query_pos=None, key_pos=None, allowed=None,
+               cache=None):
+        """Decoder ids (B, T) -> logits (B, T, V). By default a causal pass over positions 0..T-1; query_pos,
+        key_pos and allowed (Q, K) describe other layouts (one cached step, or label sequences packed side by side)."""
+        h = self.shared(decoder_input_ids)  # (B, T, d)
+        if query_pos is None:
+            query_pos = key_pos = torch.arange(h.shape[1], device=h.device)
+            allowed = key_pos[None, :] <= query_pos[:, None]  # causal (T, T)
+        self_bias = self.decoder.position_bias(query_pos, key_pos) + additive_mask(allowed, self.dtype)
+        # cross-attention has no position bias in T5, only the encoder padding mask
+        cross_bias = additive_mask(encoder_mask[:, None, None, :], self.dtype)  # (B, 1, 1, S)
+        h = self.decoder(h, self_bias, cross_kv, cross_bias, cache)
+        return self.logits(h)
+
+    def logits(self, h):
+        if self.config.tie_word_embeddings:
+            # modeling_t5.py: with tied embeddings the decoder output is rescaled by d_model**-0.5 before the head
+            h = h * self.config.d_model ** -0.5
+        return self.lm_head(h)  # (B, T, d) @ (d, V) -> (B, T, V)
+
+    def forward(self, input_ids, decoder_input_ids, attention_mask=None, prompt=None):
+        encoder_hidden, encoder_mask = self.encode(input_ids, attention_mask, prompt)
+        return self.decode(decoder_input_ids, self.cross_keys_values(encoder_hidden), encoder_mask)
+
+
+def shift_right(labels, start_id=0, pad_id=0):
+    """Teacher forcing inputs: (B, T) labels -> [start, y_0 .. y_{T-2}], with the -100 ignore marks made pad."""
+    inputs = torch.cat([labels.new_full((labels.shape[0], 1), start_id), labels[:, :-1]], dim=1)
+    return inputs.masked_fill(inputs == -100, pad_id)
+
+
+# -----------------------------------------------------------------------------
+# decoding and scoring (used by evaluation)
+
+@torch.no_grad()
+def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_tokens=128):
+    """Greedy decoding with a key/value cache; (B, S) -> (B, <= max_new_tokens) ids, pad after each EOS.
+
+    Same output as Hugging Face `generate(do_sample=False, num_beams=1)` without the leading start token.
+    """
+    cfg = model.config
+    encoder_hidden, encoder_mask = model.encode(input_ids, attention_mask, prompt)
+    cross_kv = model.cross_keys_values(encoder_hidden)
+    B, device = input_ids.shape[0], input_ids.device
+    token = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    cache, out = [None] * len(model.decoder.block), []
+    for step in range(max_new_tokens):
+        pos = torch.arange(step + 1, device=device)
+        allowed = torch.ones(1, step + 1, dtype=torch.bool, device=device)  # the newest token sees all before it
+        logits = model.decode(token, cross_kv, encoder_mask, pos[-1:], pos, allowed, cache)  # (B, 1, V)
+        token = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        token = token.masked_fill(done[:, None], cfg.pad_token_id)
+        out.append(token)
+        done |= token[:, 0] == cfg.eos_token_id
+        if done.all():
+            break
+    return torch.cat(out, dim=1)
+
+
+def score_candidates(model, input_ids, attention_mask, prompt, candidates):
+    """Log-probability of each candidate label sequence: (B, S) inputs, C token lists -> (B, C).
+
+    One encoder pass and one decoder pass: the candidates are packed side by side into one decoder sequence;
+    each attends only to its own earlier tokens (block-diagonal causal mask) and its positions restart at 0,
+    so every candidate is scored exactly as if it were decoded alone.
+    """
+    device = input_ids.device
+    encoder_hidden, encoder_mask = model.encode(input_ids, attention_mask, prompt)
+    start = model.config.decoder_start_token_id
+    inputs = torch.tensor([t for c in candidates for t in [start] + list(c[:-1])], device=device)  # (L,)
+    targets = torch.tensor([t for c in candidates for t in c], device=device)  # (L,)
+    pos = torch.tensor([i for c in candidates for i in range(len(c))], device=device)  # (L,)
+    seg = torch.tensor([j for j, c in enumerate(candidates) for _ in c], device=device)  # (L,)
+    allowed = (seg[None, :] == seg[:, None]) & (pos[None, :] <= pos[:, None])  # (L, L) block-diagonal causal
+    B = input_ids.shape[0]
+    logits = model.decode(inputs.expand(B, -1), model.cross_keys_values(encoder_hidden), encoder_mask,
+                          pos, pos, allowed)  # (B, L, V)
+    token_logp = logits.float().log_softmax(-1).gather(-1, targets.expand(B, -1)[..., None])[..., 0]  # (B, L)
+    return torch.zeros(B, len(candidates), device=device).index_add_(1, seg, token_logp)  # sum per candidate
+
+
+# -----------------------------------------------------------------------------
+# loading Hugging Face checkpoints (safetensors only)
+
+IGNORED_KEYS = {"decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"}  # HF ignores it too
+LOADABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def embedding_aliases(cfg):
+    """Names under which a checkpoint may store the shared input embedding (HF _tied_weights_keys)."""
+    names = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    return names + (["lm_head.weight"] if cfg.tie_word_embeddings else [])
+
+
+def checkpoint_files(path):
+    """The safetensors files of a model folder: model.safetensors, or the shards of its index."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
+        missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
+        if missing:
+            raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}; download the "
+                                  f"model again (python tpv.py download NAME)")
+        return [os.path.join(path, s) for s in shards]
+    single = os.path.join(path, "model.safetensors")
+    if os.path.exists(single):
+        return [single]
+    if any(os.path.exists(os.path.join(path, n)) for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise CheckpointError(f"{path} holds only pytorch_model.bin: tpv loads safetensors only, because pickle "
+                              f"files can run arbitrary code when loaded; convert it once with: "
+                              f"python tpv.py convert {path}")
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json; "
+                          f"get a model with: python tpv.py download t5-base")
+
+
+def read_safetensors(files):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    tensors = {}
+    for file in files:
+        try:
+            tensors.update(load_file(file))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file}: unreadable safetensors file ({e}); delete it and download again") from None
+    return tensors
+
+
+def check_weights(model, tensors):
+    """Every problem with a checkpoint's tensors, as a list of strings (empty when it fits the model)."""
+    cfg, problems = model.config, []
+    expected = {name: p.shape for name, p in model.named_parameters()}  # tied weights appear once, as shared.weight
+    aliases = embedding_aliases(cfg)
+    present = [a for a in aliases if a in tensors]
+    if present:  # all copies of the tied embedding must agree
+        first = tensors[present[0]]
+        for a in present[1:]:
+            if tensors[a].shape != first.shape or not torch.equal(tensors[a], first):
+                problems.append(f"{a} differs from {present[0]} although the model ties them")
+        tensors = {**tensors, "shared.weight": first}
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        problems.append(f"{len(missing)} missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    unexpected = sorted(set(tensors) - set(expected) - set(aliases) - IGNORED_KEYS)
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {', '.join(unexpected[:6])}"
+                        f"{' ...' if len(unexpected) > 6 else ''}")
+    for name, shape in expected.items():
+        t = tensors.get(name)
+        if t is None:
+            continue
+        if t.shape != shape:
+            problems.append(f"{name} has shape {tuple(t.shape)}, config.json implies {tuple(shape)}")
+        elif not t.is_floating_point():
+            problems.append(f"{name} has dtype {t.dtype}, expected a float")
+        elif not torch.isfinite(t).all():
+            problems.append(f"{name} holds NaN or infinite values")
+    return problems, tensors
+
+
+def load_t5(path, device="cpu", dtype=torch.float32):
+    """A Hugging Face T5 folder (config.json + safetensors) -> T5 in eval mode, every weight frozen."""
+    if dtype not in LOADABLE_DTYPES:
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}: T5 overflows in float16 "
+                         f"(transformers#9295); for fp16 speed use autocast over float32 weights")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such model folder; get one with: python tpv.py download t5-base")
+    cfg = T5Config.from_json(os.path.join(path, "config.json"))
+    files = checkpoint_files(path)
+    with torch.device("meta"):  # build without allocating or initialising: every weight comes from the file
+        model = T5(cfg)
+    problems, tensors = check_weights(model, read_safetensors(files))
+    if problems:
+        raise CheckpointError(f"{path} does not fit its config.json: " + "; ".join(problems))
+    model = model.to(dtype).to_empty(device=device)
+    if cfg.tie_word_embeddings:  # to_empty makes a fresh tensor per module, so tie the head again
+        model.lm_head.weight = model.shared.weight
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(tensors[name])
+    model.source = path
+    return model.eval().requires_grad_(False)
+
+
+# -----------------------------------------------------------------------------
+# tokenizer: sentencepiece with T5's conventions
+
+class Tokenizer:
+    """T5's tokenizer: EOS (1) appended, pad 0, and `<extra_id_k>` = 32099 - k beyond the 32,000 pieces."""
+
+    SPECIAL = re.compile(r"(<extra_id_\d{1,2}>|</s>|<pad>|<unk>)")  # T5 has 100 sentinels
+
+    def __init__(self, model_file):
+        import sentencepiece
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+        except (OSError, RuntimeError) as e:
+            raise CheckpointError(f"{model_file}: not a sentencepiece model ({e})") from None
+        self.model_file = model_file
+        self.n_pieces = self.sp.get_piece_size()
+        self.pad_id, self.eos_id, self.unk_id = 0, 1, 2
+
+    def encode(self, text):
+        """str -> ids ending with EOS. Special tokens written in the text become their ids, as in HF's T5Tokenizer;
+        like HF, whitespace next to an <extra_id_k> is dropped."""
+        parts = self.SPECIAL.split(text)  # [text, special, text, special, ..., text]
+        ids = []
+        for i in range(0, len(parts), 2):
+            chunk = parts[i]
+            if i > 0 and parts[i - 1].startswith("<extra_id_"):
+                chunk = chunk.lstrip()
+            if i + 1 < len(parts) and parts[i + 1].startswith("<extra_id_"):
+                chunk = chunk.rstrip()
+            if chunk:
+                ids.extend(self.sp.encode(chunk))
+            if i + 1 < len(parts):
+                ids.append(self.special_id(parts[i + 1]))
+        return ids + [self.eos_id]
+
+    def special_id(self, token):
+        if token.startswith("<extra_id_"):
+            return self.n_pieces + 99 - int(token[10:-1])  # tokenization_t5.py: 32099 - k
+        return {"</s>": self.eos_id, "<pad>": self.pad_id, "<unk>": self.unk_id}[token]
+
+    def decode(self, ids):
+        """ids -> str, skipping special tokens (pad, EOS, unk, sentinels) as `skip_special_tokens=True` does."""
+        keep = [int(i) for i in ids if int(i) > self.unk_id and int(i) < self.n_pieces]
+        return self.sp.decode(keep)
+
+
+def load_tokenizer(path):
+    """A folder holding spiece.model, or the .model file itself -> Tokenizer."""
+    file = os.path.join(path, "spiece.model") if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise CheckpointError(f"{file}: no sentencepiece model; get one with: python tpv.py download t5-base")
+    return Tokenizer(file)
