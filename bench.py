@@ -1,10 +1,11 @@
 """
 Benchmarks, side by side in one run on the same random weights: our T5 against Hugging Face transformers.
 
-    python bench.py                                  # t5-small shape, batch 8, 256 source tokens, 50 prompt vectors
-    python bench.py --shape t5-base --precision bf16
+    python bench.py step                   # prompt-tuning step: t5-small shape, batch 8, 256 source, 50 prompt
+    python bench.py step --shape t5-base --precision bf16-autocast
+    python bench.py parity                 # logit differences per config family, fp32 and bf16
 
-Measures a prompt-tuning step (forward, loss, backward to the prompt) and reports medians over repeats.
+`step` measures forward, loss and backward to the prompt, and reports medians over repeats.
 Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
 """
 import argparse
@@ -17,20 +18,30 @@ import torch.nn.functional as F
 
 import model_t5
 
-SHAPES = {  # the published configs' shapes (weights are random: only speed is measured)
-    "t5-small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64),
-    "t5-base": dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64),
+SHAPES = {  # the published configs' shapes (weights are random)
+    "t5-small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64, feed_forward_proj="relu"),
+    "t5-base": dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, feed_forward_proj="relu"),
+    "t5-v1_1-like": dict(d_model=512, d_ff=1024, num_layers=6, num_heads=8, d_kv=64, feed_forward_proj="gated-gelu",
+                         tie_word_embeddings=False),  # gated-gelu, untied head, no rescale
+    "flan-t5-small": dict(d_model=512, d_ff=1024, num_layers=8, num_heads=6, d_kv=64, feed_forward_proj="gated-gelu",
+                          tie_word_embeddings=False),  # 6 heads x 64 = 384 != d_model
+    "asymmetric": dict(d_model=512, d_ff=2048, num_layers=4, num_decoder_layers=2, num_heads=8, d_kv=64,
+                       feed_forward_proj="relu"),
 }
 
 
 def make_models(shape, dtype):
     from transformers import T5Config, T5ForConditionalGeneration
     torch.manual_seed(0)
-    hf = T5ForConditionalGeneration(T5Config(vocab_size=32128, feed_forward_proj="relu", decoder_start_token_id=0, **SHAPES[shape]))
+    hf = T5ForConditionalGeneration(T5Config(vocab_size=32128, decoder_start_token_id=0, **SHAPES[shape]))
+    with torch.no_grad():  # trained T5s have layer norm scales far from 1; random ones keep the test honest
+        for name, p in hf.named_parameters():
+            if "layer_norm" in name:
+                p.uniform_(0.5, 1.5)
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
         ours = model_t5.load_t5(folder, dtype=dtype)
-        hf = T5ForConditionalGeneration.from_pretrained(folder, torch_dtype=dtype).eval()
+        hf = T5ForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
     return ours, hf.requires_grad_(False)
 
 
@@ -50,18 +61,28 @@ def step_hf(model, ids, labels, prompt, autocast):
     return loss
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", choices=SHAPES, default="t5-small")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--src", type=int, default=256, help="source tokens per example")
-    p.add_argument("--prompt", type=int, default=50, help="soft prompt vectors")
-    p.add_argument("--tgt", type=int, default=3, help="target tokens per example")
-    p.add_argument("--precision", choices=["fp32", "bf16-autocast", "bf16"], default="fp32",
-                   help="fp32 weights; fp32 weights under bf16 autocast; or bf16 weights")
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+def parity(args):
+    """Max abs / relative logit difference of ours vs transformers, same weights, fp32 and bf16 weights."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, args.src // 2:] = 0
+    dec = model_t5.shift_right(torch.randint(3, 32000, (args.batch, args.tgt), generator=g))
+    print(f"logits of ours vs transformers {transformers_version()}, random weights, batch {args.batch}, "
+          f"{args.src} source (one row half padding), {args.tgt} decoder tokens")
+    print(f"{'family':16}{'dtype':>7}{'max |diff|':>12}{'max |logit|':>13}{'relative':>11}{'argmax same':>13}")
+    for shape in ("t5-small", "t5-v1_1-like", "flan-t5-small", "asymmetric"):
+        for dtype in (torch.float32, torch.bfloat16):
+            ours, hf = make_models(shape, dtype)
+            with torch.no_grad():
+                got = ours(ids, dec, mask).float()
+                want = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits.float()
+            diff, scale = (got - want).abs().max().item(), want.abs().max().item()
+            same = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+            print(f"{shape:16}{str(dtype)[6:]:>7}{diff:12.3g}{scale:13.3g}{diff / scale:11.2g}{same:13.1%}")
 
+
+def step(args):
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     autocast = args.precision == "bf16-autocast"
     ours, hf = make_models(args.shape, dtype)
@@ -95,6 +116,28 @@ def main():
 def transformers_version():
     import transformers
     return transformers.__version__
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("step", help="prompt-tuning step time, ours vs transformers")
+    p.add_argument("--shape", choices=SHAPES, default="t5-small")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--src", type=int, default=256, help="source tokens per example")
+    p.add_argument("--prompt", type=int, default=50, help="soft prompt vectors")
+    p.add_argument("--tgt", type=int, default=3, help="target tokens per example")
+    p.add_argument("--precision", choices=["fp32", "bf16-autocast", "bf16"], default="fp32",
+                   help="fp32 weights; fp32 weights under bf16 autocast; or bf16 weights")
+    p.add_argument("--repeats", type=int, default=5)
+    p.set_defaults(run=step)
+    p = sub.add_parser("parity", help="logit differences against transformers per config family")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--src", type=int, default=128)
+    p.add_argument("--tgt", type=int, default=8)
+    p.set_defaults(run=parity)
+    args = parser.parse_args()
+    args.run(args)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def checkpoints(tmp_path_factory):
 
 def load_hf(folder, dtype=torch.float32):
     from transformers import T5ForConditionalGeneration
-    return T5ForConditionalGeneration.from_pretrained(folder, torch_dtype=dtype).eval()
+    return T5ForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
 
 
 def batch(seed=0, B=3, S=40, T=5):
@@ -521,3 +521,17 @@ def test_cli_download_and_offline(fake_hub, tmp_path):
     assert "ETA" in result.stderr and os.path.join(models, "someone/tiny") in result.stdout
     result = run_cli("info", "--model", "someone/tiny", "--models-dir", models, env={"TPV_OFFLINE": "1"})
     assert result.returncode == 0 and "parameters" in result.stdout
+
+
+@needs_shared
+def test_readme_python_example_runs(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+    folder = tmp_path / "t5-base"  # a tiny stand-in with t5-base's vocabulary
+    T5ForConditionalGeneration(T5Config(vocab_size=32128, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+                                        decoder_start_token_id=0)).save_pretrained(folder)
+    (folder / "spiece.model").write_bytes(open(SPIECE, "rb").read())
+    readme = open(os.path.join(HERE, "README.md"), encoding="utf-8").read()
+    example = re.search(r"```python\n(.*?)```", readme, re.S).group(1).replace("models/t5-base", str(folder))
+    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=HERE, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
