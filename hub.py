@@ -188,6 +188,23 @@ def download_model(name, models_dir="models", quiet=False):
     return folder
 
 
+def resolve_tokenizer(name_or_dir, models_dir="models", allow_download=True):
+    """A folder holding the model's spiece.model; fetches only that file (under 1 MB) when it is missing."""
+    for folder in (name_or_dir, os.path.join(models_dir, name_or_dir)):
+        if os.path.exists(os.path.join(folder, "spiece.model")):
+            return folder
+    cached = find_in_hf_cache(name_or_dir)
+    if cached:
+        return cached
+    if not allow_download or offline():
+        raise DownloadError(f"no tokenizer for {name_or_dir} in {models_dir}/ nor in the Hugging Face cache, and "
+                            f"downloads are off; fetch it with: python tpv.py download {name_or_dir}")
+    folder = os.path.join(models_dir, name_or_dir)
+    os.makedirs(folder, exist_ok=True)
+    download(f"{endpoint()}/{repo_id(name_or_dir)}/resolve/main/spiece.model", os.path.join(folder, "spiece.model"))
+    return folder
+
+
 def resolve_model(name_or_dir, models_dir="models", allow_download=True):
     """A model folder for a name or path: the folder itself, models/NAME, the HF cache, or a fresh download."""
     if os.path.isdir(name_or_dir) and os.path.exists(os.path.join(name_or_dir, "config.json")):

@@ -4,6 +4,8 @@ tpv: Task Prompt Vectors (Belanec et al., arXiv 2408.01119) on a hand-written T5
     python tpv.py download t5-base              # fetch a model from the Hugging Face hub (or find it cached)
     python tpv.py info --model t5-base          # its config, parameter counts, dtype and where it came from
     python tpv.py convert DIR                   # pytorch_model.bin -> model.safetensors, once
+    python tpv.py download-data mnli            # fetch MNLI's original files, check, prepare the cache
+    python tpv.py prepare mnli --from DIR       # or prepare from original files already on disk
 
 Every command takes --offline (or TPV_OFFLINE=1) to forbid downloads. A user's mistake ends with one line on
 stderr and exit status 2.
@@ -14,10 +16,11 @@ import sys
 
 import torch
 
+import data
 import hub
 import model_t5
 
-USER_ERRORS = (model_t5.CheckpointError, hub.DownloadError)
+USER_ERRORS = (model_t5.CheckpointError, hub.DownloadError, data.DataError)
 
 
 # -----------------------------------------------------------------------------
@@ -67,6 +70,25 @@ def cmd_convert(args):
     print(f"wrote {target}: {len(tensors)} tensors ({len(state) - len(tensors)} tied duplicates dropped)")
 
 
+def tokenizer_for(args):
+    folder = hub.resolve_tokenizer(args.model, args.models_dir, allow_download=not args.offline)
+    return model_t5.load_tokenizer(folder)
+
+
+def cmd_prepare(args):
+    task = data.get_task(args.task)
+    print(data.prepare(task, args.source, args.data_dir, args.skip_bad_rows, tokenizer_for(args)))
+
+
+def cmd_download_data(args):
+    names = list(data.TASKS) if args.task == "all" else [data.get_task(args.task).name]
+    tokenizer = tokenizer_for(args)
+    for name in names:
+        folder, checked = data.download_task(name, args.data_dir)
+        print(f"{name}: original files in {folder} ({checked} checked against published sha256)")
+        print(data.prepare(data.TASKS[name], folder, args.data_dir, args.skip_bad_rows, tokenizer))
+
+
 # -----------------------------------------------------------------------------
 # command line
 
@@ -98,6 +120,24 @@ def build_parser():
     p.add_argument("--model", default="t5-base", help="a model folder or a hub name (default: t5-base)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.set_defaults(run=cmd_info)
+
+    data_options = argparse.ArgumentParser(add_help=False)
+    data_options.add_argument("--data-dir", default=data.data_dir(), help="the data cache (default: data_cache, "
+                              "or $TPV_DATA)")
+    data_options.add_argument("--skip-bad-rows", action="store_true",
+                              help="skip malformed rows (reported with counts) instead of stopping at the first")
+    data_options.add_argument("--model", default="t5-base", help="whose tokenizer measures the inputs")
+
+    p = sub.add_parser("prepare", parents=[common, data_options],
+                       help="build a task's data cache from its original files already on disk")
+    p.add_argument("task", help=", ".join(data.TASKS))
+    p.add_argument("--from", dest="source", required=True, help="folder holding the original distribution files")
+    p.set_defaults(run=cmd_prepare)
+
+    p = sub.add_parser("download-data", parents=[common, data_options],
+                       help="fetch a task's original distribution, check it, and prepare it")
+    p.add_argument("task", help="a task name or 'all': " + ", ".join(data.TASKS))
+    p.set_defaults(run=cmd_download_data)
 
     p = sub.add_parser("convert", help="write model.safetensors beside a folder's pytorch_model.bin")
     p.add_argument("dir")

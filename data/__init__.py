@@ -1,0 +1,59 @@
+"""
+tpv's NLU data: the paper's 17 tasks, from their original files to length-bucketed batches.
+
+    from data import get_task, load_task, encode, epoch_batches, collate
+    task = get_task("mnli")
+    splits = load_task(task)                       # {"train", "validation", "test"}: the paper's split rule
+    tokens = encode(task, "train", splits["train"], tokenizer)
+    for idx in epoch_batches(lengths(tokens), 32, seed=42, epoch=0):
+        batch = collate(tokens, idx)               # input_ids, attention_mask, labels (-100 on padding)
+
+Layout: tasks.py (registry), readers.py (original files), cache.py (canonical JSONL), splits.py (split rules,
+few-shot), batches.py (tokenisation cache, batches), download.py (original distributions).
+"""
+from collections import Counter
+
+from .batches import MAX_SOURCE, cached_tokens, collate, epoch_batches, lengths, padding_stats, tokenize
+from .cache import SPLITS, data_dir, read_cache, task_dir, write_cache
+from .download import download_task
+from .readers import read_task
+from .splits import few_shot, paper_splits, stratified_take
+from .tasks import TASKS, DataError, Task, get_task
+
+
+def load_task(task, root=None):
+    """The paper's {train, validation, test} of a prepared task."""
+    return paper_splits(task, read_cache(task, root))
+
+
+def encode(task, split, rows, tokenizer, root=None, max_source=MAX_SOURCE):
+    """Token arrays of one canonical split, cached beside the task's JSONL."""
+    return cached_tokens(task, split, rows, tokenizer, task_dir(task, root), max_source)
+
+
+def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None):
+    """Original files under `source` -> the canonical cache; returns a printable report."""
+    splits, skipped = read_task(task, source, skip_bad_rows)
+    folder = write_cache(task, splits, source, skipped, root)
+    lines = [f"{task.name}: wrote {folder}"]
+    for split in SPLITS:
+        if split not in splits:
+            needed = split in ("train", task.heldout)
+            lines.append(f"  {split:<10} {'MISSING: the paper split rule needs it' if needed else '(not used)'}")
+            continue
+        rows = splits[split]
+        counts = Counter(task.target(r) if task.labels else "score" for r in rows)
+        shown = ", ".join(f"{label} {n:,}" for label, n in sorted(counts.items()))
+        long = ""
+        if tokenizer is not None:  # tokenise now (cached for training) and report what truncation will cut
+            truncated = int(encode(task, split, rows, tokenizer, root)["truncated"])
+            long = f"; longer than {MAX_SOURCE} tokens (truncated): {truncated:,} ({truncated / len(rows):.1%})"
+        lines.append(f"  {split:<10} {len(rows):>9,} examples: {shown}{long}")
+    if skipped:
+        lines.append("  skipped rows: " + ", ".join(f"{n:,} {reason}" for reason, n in skipped.items()))
+    return "\n".join(lines)
+
+
+__all__ = ["TASKS", "DataError", "Task", "get_task", "load_task", "prepare", "read_task", "read_cache",
+           "write_cache", "paper_splits", "few_shot", "stratified_take", "encode", "tokenize", "cached_tokens",
+           "epoch_batches", "collate", "lengths", "padding_stats", "download_task", "data_dir", "MAX_SOURCE"]
