@@ -4,6 +4,7 @@ Benchmarks, side by side in one run on the same random weights: our T5 against H
     python bench.py step                   # prompt-tuning step: t5-small shape, batch 8, 256 source, 50 prompt
     python bench.py step --shape t5-base --precision bf16-autocast
     python bench.py parity                 # logit differences per config family, fp32 and bf16
+    python bench.py data                   # prepare and tokenisation speed, padding of our batches vs 256
 
 `step` measures forward, loss and backward to the prompt, and reports medians over repeats.
 Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
@@ -82,6 +83,36 @@ def parity(args):
             print(f"{shape:16}{str(dtype)[6:]:>7}{diff:12.3g}{scale:13.3g}{diff / scale:11.2g}{same:13.1%}")
 
 
+def data_speed(args):
+    """On the dataset samples: examples/s of prepare (read + write) and of tokenisation; padded tokens of our
+    bucketed batches vs padding every input to 256 (the official recipe), for one epoch at batch 32."""
+    import os
+    import data
+    tokenizer = model_t5.load_tokenizer(args.tokenizer)
+    folders = {"yelp_polarity": "yelp_polarity", "dbpedia": "dbpedia", "yahoo": "yahoo_answers"}
+    print(f"{'task':14}{'examples':>9}{'prepare ex/s':>14}{'tokenise ex/s':>15}{'real tokens':>13}"
+          f"{'ours padded':>13}{'pad to 256':>12}{'256 / ours':>11}")
+    with tempfile.TemporaryDirectory() as root:
+        for name in args.tasks.split(","):
+            task, source = data.get_task(name), os.path.join(args.samples, folders.get(name, name))
+            rate = lambda fn, n: n * args.repeats / sum(timed(fn) for _ in range(args.repeats))
+            splits, _ = data.read_task(task, source)
+            n = sum(len(r) for r in splits.values())
+            prepare_rate = rate(lambda: data.prepare(task, source, root), n)
+            rows = max(splits.values(), key=len)
+            tokenise_rate = rate(lambda: data.tokenize(task, rows, tokenizer), len(rows))
+            lens = data.lengths(data.tokenize(task, rows, tokenizer))
+            real, ours, fixed = data.padding_stats(lens, data.epoch_batches(lens, 32, seed=42, epoch=0))
+            print(f"{name:14}{n:9,}{prepare_rate:14,.0f}{tokenise_rate:15,.0f}{real:13,}{ours:13,}{fixed:12,}"
+                  f"{fixed / ours:10.1f}x")
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def step(args):
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     autocast = args.precision == "bf16-autocast"
@@ -136,6 +167,12 @@ def main():
     p.add_argument("--src", type=int, default=128)
     p.add_argument("--tgt", type=int, default=8)
     p.set_defaults(run=parity)
+    p = sub.add_parser("data", help="data preparation and tokenisation speed, padding overhead")
+    p.add_argument("--samples", default="../shared/data", help="the dataset samples folder")
+    p.add_argument("--tokenizer", default="../shared/assets/t5-spiece.model")
+    p.add_argument("--tasks", default="mnli,snli,sst2,qnli,trec,mrpc,rte,cola,stsb,sst5,ag_news")
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(run=data_speed)
     args = parser.parse_args()
     args.run(args)
 

@@ -188,17 +188,29 @@ def download_model(name, models_dir="models", quiet=False):
     return folder
 
 
+def find_local(name_or_dir, models_dir, ready):
+    """The first of: the folder itself, models_dir/name, the HF cache snapshot, whose contents satisfy ready."""
+    for folder in (name_or_dir, os.path.join(models_dir, name_or_dir)):
+        if os.path.isdir(folder) and ready(folder):
+            return folder
+    return find_in_hf_cache(name_or_dir)
+
+
+def check_downloadable(name_or_dir, models_dir, allow_download):
+    if name_or_dir.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_dir):
+        raise DownloadError(f"{name_or_dir}: no such model folder (a folder needs config.json), and not a hub "
+                            f"name like t5-base or google/flan-t5-base")
+    if not allow_download or offline():
+        raise DownloadError(f"model {name_or_dir} is not in {models_dir}/ nor in the Hugging Face cache, and "
+                            f"downloads are off; fetch it with: python tpv.py download {name_or_dir}")
+
+
 def resolve_tokenizer(name_or_dir, models_dir="models", allow_download=True):
     """A folder holding the model's spiece.model; fetches only that file (under 1 MB) when it is missing."""
-    for folder in (name_or_dir, os.path.join(models_dir, name_or_dir)):
-        if os.path.exists(os.path.join(folder, "spiece.model")):
-            return folder
-    cached = find_in_hf_cache(name_or_dir)
-    if cached:
-        return cached
-    if not allow_download or offline():
-        raise DownloadError(f"no tokenizer for {name_or_dir} in {models_dir}/ nor in the Hugging Face cache, and "
-                            f"downloads are off; fetch it with: python tpv.py download {name_or_dir}")
+    found = find_local(name_or_dir, models_dir, lambda f: os.path.exists(os.path.join(f, "spiece.model")))
+    if found:
+        return found
+    check_downloadable(name_or_dir, models_dir, allow_download)
     folder = os.path.join(models_dir, name_or_dir)
     os.makedirs(folder, exist_ok=True)
     download(f"{endpoint()}/{repo_id(name_or_dir)}/resolve/main/spiece.model", os.path.join(folder, "spiece.model"))
@@ -207,18 +219,10 @@ def resolve_tokenizer(name_or_dir, models_dir="models", allow_download=True):
 
 def resolve_model(name_or_dir, models_dir="models", allow_download=True):
     """A model folder for a name or path: the folder itself, models/NAME, the HF cache, or a fresh download."""
-    if os.path.isdir(name_or_dir) and os.path.exists(os.path.join(name_or_dir, "config.json")):
+    if os.path.exists(os.path.join(name_or_dir, "config.json")):  # a folder the user gave: load_t5 checks it
         return name_or_dir
-    if name_or_dir.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_dir):
-        raise DownloadError(f"{name_or_dir}: no such model folder (a folder needs config.json), and not a hub "
-                            f"name like t5-base or google/flan-t5-base")
-    local = os.path.join(models_dir, name_or_dir)
-    if is_complete(local):
-        return local
-    cached = find_in_hf_cache(name_or_dir)
-    if cached:
-        return cached
-    if not allow_download or offline():
-        raise DownloadError(f"model {name_or_dir} is not in {models_dir}/ nor in the Hugging Face cache, and "
-                            f"downloads are off; fetch it with: python tpv.py download {name_or_dir}")
+    found = find_local(name_or_dir, models_dir, is_complete)
+    if found:
+        return found
+    check_downloadable(name_or_dir, models_dir, allow_download)
     return download_model(name_or_dir, models_dir)

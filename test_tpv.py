@@ -6,6 +6,7 @@ checkpoints of each config family with `save_pretrained` and compare our model w
 Tests that read ../shared (the real dataset samples, the T5 vocabulary) skip when it is absent.
 """
 import csv
+from collections import Counter
 import hashlib
 import http.server
 import io
@@ -401,11 +402,11 @@ def test_tokenizer_special_tokens_in_text_match_hugging_face(tmp_path):
 # download: a local hub on 127.0.0.1
 
 class FakeHub(http.server.ThreadingHTTPServer):
-    """Serves {repo: {file: bytes}} as /REPO/resolve/main/FILE with Range support and the hub's sha256 ETag.
-    Per-file faults: 'cut' sends half then closes (once), 'corrupt' sends other bytes than the ETag promises."""
+    """Serves {url path: bytes} with Range support and the hub's sha256 ETag. Faults by file name: 'cut' sends
+    half then closes (once), 'corrupt' sends other bytes than the ETag promises."""
 
-    def __init__(self, repos):
-        self.repos, self.faults, self.requests = repos, {}, []
+    def __init__(self, files):
+        self.files, self.faults, self.requests = files, {}, []
         super().__init__(("127.0.0.1", 0), FakeHubHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -413,29 +414,32 @@ class FakeHub(http.server.ThreadingHTTPServer):
     def url(self):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
+    def add_repo(self, repo, files):
+        self.files.update({f"/{repo}/resolve/main/{name}": data for name, data in files.items()})
+
 
 class FakeHubHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
     def do_GET(self):
-        hub_, match = self.server, re.fullmatch(r"/(.+)/resolve/main/(.+)", self.path)
-        self.server.requests.append((self.path, self.headers.get("Range")))
-        data = hub_.repos.get(match.group(1), {}).get(match.group(2)) if match else None
-        if data is None:
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        data_ = server.files.get(self.path)
+        if data_ is None:
             self.send_error(404)
             return
-        fault = hub_.faults.get(match.group(2))
-        body, start = data, 0
+        name = self.path.rsplit("/", 1)[-1]
+        fault, body, start = server.faults.get(name), data_, 0
         if self.headers.get("Range"):
             start = int(re.match(r"bytes=(\d+)-", self.headers["Range"]).group(1))
-            body = data[start:]
+            body = data_[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("ETag", f'"{hashlib.sha256(data_).hexdigest()}"')
         self.end_headers()
         if fault == "cut":
-            hub_.faults.pop(match.group(2))
+            server.faults.pop(name)
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.connection.shutdown(2)
@@ -443,12 +447,16 @@ class FakeHubHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(bytes(len(body)) if fault == "corrupt" else body)
 
 
+def checkpoint_files(folder):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+
+
 @pytest.fixture
 def fake_hub(checkpoints, tmp_path, monkeypatch):
-    files = {name: open(os.path.join(checkpoints["t5-v1.0"], name), "rb").read()
-             for name in ("config.json", "model.safetensors")}
-    files["spiece.model"] = b"not a real vocabulary"
-    server = FakeHub({"google-t5/t5-small": files, "someone/tiny": dict(files)})
+    files = {**checkpoint_files(checkpoints["t5-v1.0"]), "spiece.model": b"not a real vocabulary"}
+    server = FakeHub({})
+    server.add_repo("google-t5/t5-small", files)
+    server.add_repo("someone/tiny", files)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("TPV_OFFLINE", raising=False)
@@ -472,13 +480,13 @@ def test_download_resumes_after_a_cut_connection(fake_hub, tmp_path):
     with pytest.raises(hub.DownloadError, match="run the same command again to resume"):
         hub.download_model("someone/tiny", models, quiet=True)
     part = os.path.join(models, "someone/tiny/model.safetensors.part")
-    size = len(fake_hub.repos["someone/tiny"]["model.safetensors"])
+    size = len(fake_hub.files["/someone/tiny/resolve/main/model.safetensors"])
     assert 0 < os.path.getsize(part) < size
     assert not os.path.exists(os.path.join(models, "someone/tiny/config.json"))  # no half-finished model
     hub.download_model("someone/tiny", models, quiet=True)
     assert ("/someone/tiny/resolve/main/model.safetensors", f"bytes={size // 2}-") in fake_hub.requests
     with open(os.path.join(models, "someone/tiny/model.safetensors"), "rb") as f:
-        assert f.read() == fake_hub.repos["someone/tiny"]["model.safetensors"]
+        assert f.read() == fake_hub.files["/someone/tiny/resolve/main/model.safetensors"]
     assert not os.path.exists(part)
 
 
@@ -495,8 +503,7 @@ def test_download_rejects_corrupt_bytes_and_missing_models(fake_hub, tmp_path):
 
 def test_download_sharded_model(fake_hub, checkpoints, tmp_path):
     load_hf(checkpoints["t5-v1.0"]).save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
-    files = {n: open(tmp_path / "sharded" / n, "rb").read() for n in os.listdir(tmp_path / "sharded")}
-    fake_hub.repos["someone/sharded"] = {**files, "spiece.model": b"x"}
+    fake_hub.add_repo("someone/sharded", {**checkpoint_files(tmp_path / "sharded"), "spiece.model": b"x"})
     folder = hub.download_model("someone/sharded", str(tmp_path / "models"), quiet=True)
     assert hub.is_complete(folder)
     model_t5.load_t5(folder)
@@ -535,3 +542,354 @@ def test_readme_python_example_runs(tmp_path):
     result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=HERE, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+# -----------------------------------------------------------------------------
+# data: readers on the real samples, split rules, few-shot, tokens and batches, bad input
+
+import numpy as np  # noqa: E402
+
+import data  # noqa: E402
+
+SAMPLE_FOLDER = {"yelp_polarity": "yelp_polarity", "dbpedia": "dbpedia", "yahoo": "yahoo_answers"}
+
+
+def sample(task_name):
+    return os.path.join(SHARED, "data", SAMPLE_FOLDER.get(task_name, task_name))
+
+
+# split: (count, {label: count}) from MANIFEST.md, and the first example written out by hand from the raw file
+READER_EXPECTATIONS = {
+    "mnli": ({"train": (51, {0: 18, 1: 17, 2: 16}), "validation": (2, {1: 1, 2: 1})}, "train",
+             "mnli premise: Conceptually cream skimming has two basic dimensions - product and geography. "
+             "hypothesis: Product and geography are what make cream skimming work. ", "neutral"),
+    "qnli": ({"validation": (300, {0: 147, 1: 153})}, "validation",
+             "qnli question: What came into force after the new constitution was herald? sentence: As of that day, "
+             "the new constitution heralding the Second Republic came into force.", "entailment"),
+    "sst2": ({"train": (300, {0: 149, 1: 151}), "validation": (872, {0: 428, 1: 444})}, "train",
+             "sst2 sentence: hide new secretions from the parental units ", "negative"),
+    "yelp_polarity": ({"train": (2, {0: 1, 1: 1}), "test": (2, {0: 1, 1: 1})}, "train",
+                      "yelp_polarity sentence: Unfortunately, the frustration of being Dr. Goldberg's patient is a "
+                      "repeat of the experience", "negative"),
+    "dbpedia": ({"train": (5, {0: 5}), "test": (5, {0: 5})}, "train",
+                "dbpedia What is the category for following text: title: E. D. Abbott Ltd content:  Abbott of "
+                "Farnham E D Abbott Limited was a British coachbuilding business based in Farnham Surrey trading "
+                "under that name from 1929. A major part of their output was under sub-contract to motor vehicle "
+                "manufacturers. Their business closed in 1972.", "Company"),
+    "trec": ({"train": (5452, {0: 86, 1: 1250, 2: 1162, 3: 1223, 4: 835, 5: 896}),
+              "test": (500, {0: 9, 1: 94, 2: 138, 3: 65, 4: 81, 5: 113})}, "train",
+             "trec_coarse What is this question asking for: How did serfdom develop in and then leave Russia ?",
+             "Description"),
+    "scitail": ({"validation": (4, {0: 2, 1: 2})}, "validation",
+                "scitail premise: An introduction to atoms and elements, compounds, atomic structure and bonding, "
+                "the molecule and chemical reactions. hypothesis: Replace another in a molecule happens to atoms "
+                "during a substitution reaction.", "neutral"),
+    "snli": ({"validation": (296, {0: 96, 1: 97, 2: 103})}, "validation",
+             "snli premise: Two women are embracing while holding to go packages. hypothesis: The sisters are "
+             "hugging goodbye while holding to go packages after just eating lunch.", "neutral"),
+    "ag_news": ({"test": (300, {0: 75, 1: 86, 2: 51, 3: 88})}, "test",
+                "ag_news What is the category for following text: Fears for T N pension after talks Unions "
+                "representing workers at Turner   Newall say they are 'disappointed' after talks with stricken parent "
+                "firm Federal Mogul.", "Business"),
+    "yahoo": ({"train": (5, {2: 1, 4: 1, 5: 1, 6: 2}), "test": (5, {1: 1, 2: 1, 3: 2, 8: 1})}, "train",
+              "yahoo What is the category for following text: title: why doesn't an optical mouse work on a glass "
+              "table? content: or even on some surfaces? answer: Optical mice use an LED", "Computers"),
+    "imdb": ({"train": (12, {0: 6, 1: 6}), "test": (10, {0: 5, 1: 5})}, "train",
+             "imdb sentence: Story of a man who has unnatural feelings for a pig. Starts out with a opening scene",
+             "negative"),
+    "sst5": ({"train": (300, {0: 1, 1: 16, 2: 42, 3: 154, 4: 87}),
+              "validation": (1101, {0: 139, 1: 289, 2: 229, 3: 279, 4: 165}), "test": (300, None)}, "train",
+             "sst5 sentence The Rock is destined to be the 21st Century 's new `` Conan '' and that he 's going to "
+             "make a splash even greater than Arnold Schwarzenegger , Jean-Claud Van Damme or Steven Segal .",
+             "positive"),
+    "qqp": ({"train": (9, {0: 6, 1: 3}), "validation": (9, {0: 5, 1: 4})}, "train",
+            "qqp question1: How is the life of a math student? Could you describe your own experiences? question2: "
+            "Which level of prepration is enough for the exam jlpt5?", "not_duplicate"),
+    "mrpc": ({"train": (91, None), "validation": (408, {0: 129, 1: 279})}, "train",
+             'mrpc sentence1: Amrozi accused his brother , whom he called " the witness " , of deliberately '
+             'distorting his evidence . sentence2: Referring to him as only " the witness " , Amrozi accused his '
+             'brother of deliberately distorting his evidence .', "equivalent"),
+    "rte": ({"train": (300, None), "validation": (277, {0: 146, 1: 131})}, "train",
+            "rte sentence1: No Weapons of Mass Destruction Found in Iraq Yet. sentence2: Weapons of Mass "
+            "Destruction Found in Iraq.", "not_entailment"),
+    "cola": ({"train": (300, None), "validation": (1043, {0: 322, 1: 721})}, "train",
+             "cola sentence: Our friends won't buy this analysis, let alone the next one we propose.", "acceptable"),
+    "stsb": ({"train": (300, None), "validation": (1500, None)}, "train",
+             "stsb sentence1: A plane is taking off. sentence2: An air plane is taking off.", "5.0"),
+}
+
+
+def test_every_task_has_reader_expectations():
+    assert set(READER_EXPECTATIONS) == set(data.TASKS) and len(data.TASKS) == 17
+
+
+@needs_shared
+@pytest.mark.parametrize("name", list(READER_EXPECTATIONS))
+def test_reader_on_real_samples(name):
+    task = data.get_task(name)
+    splits, skipped = data.read_task(task, sample(name))
+    expected, first_split, source, target = READER_EXPECTATIONS[name]
+    assert skipped == {} and set(splits) == set(expected)
+    for split, (count, labels) in expected.items():
+        assert len(splits[split]) == count, split
+        if labels:
+            assert dict(Counter(r[task.label_field] for r in splits[split])) == labels, split
+    first = splits[first_split][0]
+    assert task.source(first).startswith(source) and task.target(first) == target
+
+
+@needs_shared
+def test_reader_quirks():
+    yahoo, _ = data.read_task(data.get_task("yahoo"), sample("yahoo"))
+    assert "mouse.  \nSince glass" in yahoo["train"][0]["best_answer"]  # "\n" written as two characters
+    yelp, _ = data.read_task(data.get_task("yelp_polarity"), sample("yelp_polarity"))
+    assert "\\" not in "".join(r["text"] for r in yelp["train"] + yelp["test"])
+    trec, _ = data.read_task(data.get_task("trec"), sample("trec"))
+    assert any("sister city" in r["text"] for r in trec["train"])  # the one 0xF0 byte, made a space as HF does
+    mrpc, _ = data.read_task(data.get_task("mrpc"), sample("mrpc"))
+    assert mrpc["validation"][0]["sentence1"].startswith("He said the foodservice pie business")
+    stsb, _ = data.read_task(data.get_task("stsb"), sample("stsb"))
+    assert isinstance(stsb["validation"][0]["label"], float)
+
+
+@needs_shared
+def test_mrpc_from_senteval_files_follows_glue_rule(tmp_path):
+    """GLUE builds MRPC from msr_paraphrase_train.txt and dev ids; applied to the sample it gives dev.tsv's rows."""
+    for name in ("msr_paraphrase_train.txt", "dev_ids.tsv"):
+        (tmp_path / name).write_bytes(open(os.path.join(sample("mrpc"), name), "rb").read())
+    derived, _ = data.read_task(data.get_task("mrpc"), str(tmp_path))
+    glue, _ = data.read_task(data.get_task("mrpc"), sample("mrpc"))
+    key = lambda r: (r["sentence1"], r["sentence2"], r["label"])
+    assert derived["validation"] and {key(r) for r in derived["validation"]} <= {key(r) for r in glue["validation"]}
+    assert [key(r) for r in derived["train"][:91]] == [key(r) for r in glue["train"]]
+
+
+@needs_shared
+def test_imdb_reads_the_archive_like_the_folders(tmp_path):
+    import tarfile
+    with tarfile.open(tmp_path / "aclImdb_v1.tar.gz", "w:gz") as tar:
+        tar.add(os.path.join(sample("imdb"), "aclImdb"), arcname="aclImdb")
+    from_archive, _ = data.read_task(data.get_task("imdb"), str(tmp_path))
+    from_folders, _ = data.read_task(data.get_task("imdb"), sample("imdb"))
+    assert from_archive == from_folders
+
+
+def synthetic_canonical(n_train=6000, n_heldout=800, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    make = lambda n: [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": int(rng.choice(classes, p=[.5, .3, .2]))}
+                      for i in range(n)]
+    return {"train": make(n_train), "validation": make(n_heldout)}
+
+
+def test_large_split_rule_is_stratified_disjoint_and_deterministic():
+    task = data.get_task("mnli")
+    canonical = synthetic_canonical()
+    splits = data.paper_splits(task, canonical)
+    assert len(splits["validation"]) == 1000 and len(splits["train"]) == 5000
+    assert splits["test"] is canonical["validation"]
+    ids = lambda rows: {r["premise"] for r in rows}
+    assert not ids(splits["train"]) & ids(splits["validation"])
+    assert ids(splits["train"]) | ids(splits["validation"]) == ids(canonical["train"])
+    share = lambda rows: np.bincount([r["label"] for r in rows], minlength=3) / len(rows)
+    assert np.abs(share(splits["validation"]) - share(canonical["train"])).max() < 1e-3  # stratified
+    assert data.paper_splits(task, canonical) == splits  # deterministic
+    assert data.paper_splits(task, canonical, seed=1)["validation"] != splits["validation"]
+
+
+def test_small_split_rule_halves_heldout_and_fixes_stsb():
+    task = data.get_task("rte")
+    canonical = {
+        "train": [{"sentence1": f"a{i}", "sentence2": "b", "label": i % 2} for i in range(300)],
+        "validation": [{"sentence1": f"v{i}", "sentence2": "b", "label": int(i % 3 == 0)} for i in range(277)]}
+    splits = data.paper_splits(task, canonical)
+    assert splits["train"] is canonical["train"]
+    assert len(splits["validation"]) == 138 and len(splits["test"]) == 139
+    v, t = {r["sentence1"] for r in splits["validation"]}, {r["sentence1"] for r in splits["test"]}
+    assert not v & t and len(v | t) == 277
+    stsb = data.get_task("stsb")  # the official code evaluated STS-B on its validation examples: here disjoint
+    scores = {"train": [{"sentence1": "a", "sentence2": "b", "label": 1.0}] * 10,
+              "validation": [{"sentence1": f"s{i}", "sentence2": "b", "label": (i % 26) / 5} for i in range(100)]}
+    s = data.paper_splits(stsb, scores)
+    assert not {r["sentence1"] for r in s["validation"]} & {r["sentence1"] for r in s["test"]}
+    assert [stsb.target({"label": x}) for x in (4.75, 3.8, 0.0, 5.0, 2.49)] == ["4.8", "3.8", "0.0", "5.0", "2.4"]
+
+
+def test_few_shot_is_stratified_seeded_and_the_same_every_time():
+    task = data.get_task("mnli")
+    train = data.paper_splits(task, synthetic_canonical())["train"]
+    shots = data.few_shot(task, train, 100)
+    assert len(shots) == 100 and shots == data.few_shot(task, train, 100)
+    in_train = np.bincount([r["label"] for r in train]) / len(train)
+    assert np.abs(np.bincount([r["label"] for r in shots]) - 100 * in_train).max() < 1  # proportional, rounded
+    assert data.few_shot(task, train, 100, seed=7) != shots
+    with pytest.raises(data.DataError, match="only"):
+        data.few_shot(task, train[:10], 100)
+
+
+def test_batches_cover_each_example_once_are_deterministic_and_resumable():
+    rng = np.random.default_rng(0)
+    lens = rng.integers(5, 256, size=1003)
+    batches = data.epoch_batches(lens, 32, seed=42, epoch=3)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1003))  # nothing lost, nothing twice
+    assert sum(len(b) < 32 for b in batches) <= 1
+    again = data.epoch_batches(lens, 32, seed=42, epoch=3)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # a resumed run sees the same batches
+    other = data.epoch_batches(lens, 32, seed=42, epoch=4)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
+    real, ours, fixed = data.padding_stats(lens, batches)
+    assert real <= ours < 1.1 * real and fixed == 1003 * 256  # sorting within chunks: padding stays small
+
+
+@needs_shared
+def test_tokens_collate_truncation_and_cache_invalidation(tmp_path):
+    task = data.get_task("sst2")
+    tok = model_t5.load_tokenizer(SPIECE)
+    data.prepare(task, sample("sst2"), str(tmp_path))
+    rows = data.read_cache(task, str(tmp_path))["validation"]
+    tokens = data.encode(task, "validation", rows, tok, str(tmp_path))
+    assert int(tokens["truncated"]) == 0
+    first = tokens["source"][tokens["source_offsets"][0]:tokens["source_offsets"][1]].tolist()
+    assert first == tok.encode(task.source(rows[0]))
+    batch = data.collate(tokens, np.array([0, 1, 2]))
+    n = int(batch["attention_mask"][0].sum())
+    assert batch["input_ids"][0, :n].tolist() == first and batch["input_ids"][0, n:].eq(0).all()
+    assert batch["labels"][0].tolist()[:2] == tok.encode(task.target(rows[0]))[:2]
+    short = data.tokenize(task, rows[:5], tok, max_source=8)
+    assert int(short["truncated"]) == 5 and np.diff(short["source_offsets"]).max() == 8
+    assert short["source"][7] == 1  # EOS kept last
+    cache_files = os.listdir(tmp_path / "sst2" / "tokens")
+    other = tmp_path / "other.model"
+    other.write_bytes(open(SPIECE, "rb").read() + b"\0")  # another tokenizer file -> another cache entry
+    other_tok = model_t5.load_tokenizer(SPIECE)
+    other_tok.model_file = str(other)
+    data.encode(task, "validation", rows, other_tok, str(tmp_path))
+    assert len(os.listdir(tmp_path / "sst2" / "tokens")) == len(cache_files) + 1
+
+
+# bad input -------------------------------------------------------------------
+
+def write(path, text, mode="w"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, mode) as f:
+        f.write(text)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("sentence\tlabel\ngood film \t1\nbad film \t7\n", "dev.tsv:3: unknown label (got '7')"),
+    ("sentence\tlabel\ngood film \t1\n \t0\n", "dev.tsv:3: empty text in field 'sentence'"),
+    ("sentence\tlabel\ngood film \t1\nno label here\n", "dev.tsv:3: wrong column count (expected 2, got 1)"),
+    (b"sentence\tlabel\ngood film \t1\ncaf\xe9 \t0\n", "dev.tsv:3: undecodable bytes"),
+])
+def test_bad_rows_name_path_line_reason_and_text(tmp_path, content, message):
+    write(tmp_path / "src" / "dev.tsv", content, "wb" if isinstance(content, bytes) else "w")
+    with pytest.raises(data.DataError, match=re.escape(message)):
+        data.prepare(data.get_task("sst2"), str(tmp_path / "src"), str(tmp_path / "cache"))
+    assert not os.path.exists(tmp_path / "cache" / "sst2" / "validation.jsonl")  # nothing partial
+
+
+def test_bad_rows_never_overwrite_a_good_cache_and_can_be_skipped(tmp_path):
+    task = data.get_task("sst2")
+    write(tmp_path / "good" / "dev.tsv", "sentence\tlabel\ngood film \t1\nbad film \t0\n")
+    data.prepare(task, str(tmp_path / "good"), str(tmp_path / "cache"))
+    before = open(tmp_path / "cache" / "sst2" / "validation.jsonl").read()
+    write(tmp_path / "bad" / "dev.tsv", "sentence\tlabel\nfine \t1\nworse \t9\n \t1\nfine too \t0\n")
+    with pytest.raises(data.DataError):
+        data.prepare(task, str(tmp_path / "bad"), str(tmp_path / "cache"))
+    assert open(tmp_path / "cache" / "sst2" / "validation.jsonl").read() == before
+    assert not [f for f in os.listdir(tmp_path / "cache" / "sst2") if f.endswith(".tmp")]
+    report = data.prepare(task, str(tmp_path / "bad"), str(tmp_path / "cache"), skip_bad_rows=True)
+    assert "skipped rows: 1 unknown label, 1 empty text in field 'sentence'" in report
+    assert len(data.read_cache(task, str(tmp_path / "cache"))["validation"]) == 2
+
+
+def test_user_written_cache_is_checked(tmp_path):
+    write(tmp_path / "mnli" / "train.jsonl", '{"premise": "a", "hypothesis": "b", "label": 0}\n'
+                                             '{"premise": "a", "hypothesis": "b", "label": 3}\n')
+    with pytest.raises(data.DataError, match=r"train.jsonl:2: label 3 is not one of mnli's labels"):
+        data.read_cache(data.get_task("mnli"), str(tmp_path))
+    with pytest.raises(data.DataError, match="python tpv.py download-data qnli"):
+        data.read_cache(data.get_task("qnli"), str(tmp_path))
+    with pytest.raises(data.DataError, match="unknown task"):
+        data.get_task("mnly")
+
+
+def test_malformed_csv_and_json_rows(tmp_path):
+    write(tmp_path / "ag" / "test.csv", '"3","Title","Body"\n"2","only two"\n')
+    with pytest.raises(data.DataError, match=r"test.csv:2: wrong column count \(expected 3, got 2\)"):
+        data.read_task(data.get_task("ag_news"), str(tmp_path / "ag"))
+    write(tmp_path / "snli" / "snli_1.0_dev.jsonl", '{"sentence1": "a", "sentence2": "b", "gold_label": "-"}\n'
+                                                    '{"sentence1": "a", "sentence2": "b"\n')
+    with pytest.raises(data.DataError, match="snli_1.0_dev.jsonl:2: not a JSON record"):
+        data.read_task(data.get_task("snli"), str(tmp_path / "snli"))
+
+
+# download-data: a local server on 127.0.0.1 serving archives built from the samples -------------------------
+
+def zip_bytes(members):
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name, path in members.items():
+            z.write(path, name)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def data_mirror(monkeypatch, tmp_path):
+    server = FakeHub({})
+    monkeypatch.setenv("TPV_DATA_MIRROR", server.url)
+    yield server
+    server.shutdown()
+
+
+@needs_shared
+def test_download_data_fetches_checks_extracts_and_prepares(data_mirror, monkeypatch, tmp_path):
+    sst2 = {f"SST-2/{n}": os.path.join(sample("sst2"), n) for n in ("train.tsv", "dev.tsv")}
+    data_mirror.files["/sst2/SST-2.zip"] = zip_bytes(sst2)
+    # the sample's train.tsv is a prefix of the published file, so pin its own hash for this test
+    monkeypatch.setitem(data.download.KNOWN_SHA256, ("sst2", "train.tsv"), hub.file_sha256(sst2["SST-2/train.tsv"]))
+    folder, checked = data.download_task("sst2", str(tmp_path))
+    assert checked == 2 and os.path.exists(os.path.join(folder, "SST-2", "dev.tsv"))
+    report = data.prepare(data.get_task("sst2"), folder, str(tmp_path))
+    assert "validation       872 examples: negative 428, positive 444" in report
+
+
+@needs_shared
+def test_download_data_rejects_checksum_mismatch_and_truncated_archives(data_mirror, tmp_path):
+    sst2 = {f"SST-2/{n}": os.path.join(sample("sst2"), n) for n in ("train.tsv", "dev.tsv")}
+    data_mirror.files["/sst2/SST-2.zip"] = zip_bytes(sst2)  # train.tsv is not the published file
+    with pytest.raises(data.DataError, match="train.tsv: sha256 mismatch with the published file"):
+        data.download_task("sst2", str(tmp_path))
+    raw = tmp_path / "raw" / "sst2"
+    assert not os.path.exists(raw / "files") and not os.listdir(raw / "downloads")
+    archive = zip_bytes({f"CoLA/{n}": os.path.join(sample("cola"), n) for n in ("dev.tsv",)})
+    data_mirror.files["/cola/CoLA.zip"] = archive[: len(archive) // 2]  # whole as served, but cut short
+    with pytest.raises(data.DataError, match="truncated or corrupt archive"):
+        data.download_task("cola", str(tmp_path))
+    assert not os.path.exists(tmp_path / "raw" / "cola" / "files")
+    assert not os.path.exists(tmp_path / "cola")  # no cache was written
+
+
+@needs_shared
+def test_cli_download_data_for_plain_files_and_tar_archives(data_mirror, tmp_path):
+    import tarfile
+    for name in ("train_5500.label", "TREC_10.label"):
+        data_mirror.files[f"/trec/{name}"] = open(os.path.join(sample("trec"), name), "rb").read()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(sample("imdb") + "/aclImdb", arcname="aclImdb")
+    data_mirror.files["/imdb/aclImdb_v1.tar.gz"] = buffer.getvalue()
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    (tokenizer / "spiece.model").write_bytes(open(SPIECE, "rb").read())
+    for task, expected in (("trec", "train          5,452 examples"), ("imdb", "test              10 examples")):
+        result = run_cli("download-data", task, "--data-dir", str(tmp_path / "cache"), "--model", str(tokenizer),
+                         env={"TPV_DATA_MIRROR": data_mirror.url})
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout and "longer than 256 tokens" in result.stdout
+    assert "1 checked against published sha256" in run_cli(
+        "download-data", "trec", "--data-dir", str(tmp_path / "cache"), "--model", str(tokenizer),
+        env={"TPV_DATA_MIRROR": data_mirror.url}).stdout
+    result = run_cli("prepare", "trec", "--from", str(tmp_path / "nowhere"), "--model", str(tokenizer))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such folder" in result.stderr

@@ -38,6 +38,14 @@ def locate(folder, name):
     return None
 
 
+def present(folder, files):
+    """(split, path) for each {split: file name} found under folder."""
+    for split, name in files.items():
+        path = locate(folder, name)
+        if path is not None:
+            yield split, path
+
+
 def lines(path, bad, encoding="utf-8"):
     """(line number, text without the line break), decoding strictly so a bad byte names its line."""
     with open(path, "rb") as f:
@@ -58,7 +66,7 @@ def checked(task_fields, label_field, label_of, rows, bad):
         try:
             example[label_field] = label_of(example[label_field])
         except (KeyError, ValueError):
-            bad(path, n, f"unknown label {example[label_field]!r}", raw)
+            bad(path, n, f"unknown label (got {example[label_field]!r})", raw)
             continue
         empty = [f for f in task_fields if not example[f].strip()]
         if empty:
@@ -107,10 +115,7 @@ def glue_reader(files, fields, label_column, label_of, columns=None):
 
     def read(folder, bad):
         splits = {}
-        for split, name in files.items():
-            path = locate(folder, name)
-            if path is None:
-                continue
+        for split, path in present(folder, files):
             rows = []
             for i, (n, row, raw) in enumerate(tsv_rows(path, bad, columns)):
                 missing = [c for c in [*fields.values(), label_column] if c not in row]
@@ -181,10 +186,7 @@ READERS["glue_mrpc"] = glue_mrpc
 def jsonl_reader(files, fields, text_fields, label_of, dropped_labels=()):
     def read(folder, bad):
         splits = {}
-        for split, name in files.items():
-            path = locate(folder, name)
-            if path is None:
-                continue
+        for split, path in present(folder, files):
             rows = []
             for n, line in lines(path, bad):
                 if not line.strip():
@@ -224,10 +226,7 @@ def zhang_reader(columns, make, text_fields, label_field, n_classes):
     """make(record, index) -> example without its label; the label is record[0], 1-based."""
     def read(folder, bad):
         splits = {}
-        for split, name in (("train", "train.csv"), ("test", "test.csv")):
-            path = locate(folder, name)
-            if path is None:
-                continue
+        for split, path in present(folder, {"train": "train.csv", "test": "test.csv"}):
             reader = csv.reader(line + "\n" for _, line in lines(path, bad))
             rows, end = [], 0
             while True:
@@ -276,10 +275,7 @@ TREC_FINE = ["ABBR:abb", "ABBR:exp", "ENTY:animal", "ENTY:body", "ENTY:color", "
 
 def trec(folder, bad):
     splits = {}
-    for split, name in (("train", "train_5500.label"), ("test", "TREC_10.label")):
-        path = locate(folder, name)
-        if path is None:
-            continue
+    for split, path in present(folder, {"train": "train_5500.label", "test": "TREC_10.label"}):
         with open(path, "rb") as f:
             # the one byte 0xF0 ("sister\xf0city") becomes a space, as HF's trec.py does; anything else must be UTF-8
             data = io.BytesIO(f.read().replace(b"\xf0", b" "))
@@ -294,7 +290,7 @@ def trec(folder, bad):
                 continue
             label, _, text = line.partition(" ")
             if label not in TREC_FINE:
-                bad(path, n, f"unknown label {label!r}", line)
+                bad(path, n, f"unknown label (got {label!r})", line)
                 continue
             rows.append((path, n, {"text": text, "coarse_label": label.split(":")[0],
                                    "fine_label": TREC_FINE.index(label)}, line))
@@ -353,10 +349,7 @@ PTB_UNESCAPE = {"-LRB-": "(", "-RRB-": ")"}
 
 def sst5_trees(folder, bad):
     splits = {}
-    for split, name in (("train", "train.txt"), ("validation", "dev.txt"), ("test", "test.txt")):
-        path = locate(folder, name)
-        if path is None:
-            continue
+    for split, path in present(folder, {"train": "train.txt", "validation": "dev.txt", "test": "test.txt"}):
         rows = []
         for n, line in lines(path, bad):
             if not line.strip():
