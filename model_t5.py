@@ -220,7 +220,7 @@ class Stack(nn.Module):
         n = cfg.num_decoder_layers if is_decoder else cfg.num_layers
         self.block = nn.ModuleList([Block(cfg, is_decoder, has_relative_bias=(i == 0)) for i in range(n)])
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
-        self.is_decoder, self.cfg = is_decoder, cfg
+        self.is_decoder, self.cfg, self.dropout_rate = is_decoder, cfg, cfg.dropout_rate
 
     def position_bias(self, query_pos, key_pos):
         """(Q,), (K,) absolute positions -> (1, H, Q, K) learned bias, from block 0's table (shared by all blocks)."""
@@ -232,13 +232,13 @@ class Stack(nn.Module):
 
     def forward(self, h, self_bias, cross_kv=None, cross_bias=None, cache=None):
         """h (B, T, d) embedded inputs -> (B, T, d). cache: a list of per-block (k, v), updated in place."""
-        h = F.dropout(h, self.cfg.dropout_rate, self.training)
+        h = F.dropout(h, self.dropout_rate, self.training)
         for i, block in enumerate(self.block):
             h, kv = block(h, self_bias, cross_kv[i] if cross_kv else None, cross_bias,
                           cache[i] if cache else None)
             if cache is not None:
                 cache[i] = kv
-        return F.dropout(self.final_layer_norm(h), self.cfg.dropout_rate, self.training)
+        return F.dropout(self.final_layer_norm(h), self.dropout_rate, self.training)
 
 
 def additive_mask(allowed, dtype):
@@ -309,6 +309,13 @@ class T5(nn.Module):
     def forward(self, input_ids, decoder_input_ids, attention_mask=None, prompt=None):
         encoder_hidden, encoder_mask = self.encode(input_ids, attention_mask, prompt)
         return self.decode(decoder_input_ids, self.cross_keys_values(encoder_hidden), encoder_mask)
+
+
+def set_dropout(model, rate):
+    """Every dropout of the model at `rate` (config.json's dropout_rate is the default; 0 for exact comparisons)."""
+    for module in model.modules():
+        if hasattr(module, "dropout_rate"):
+            module.dropout_rate = rate
 
 
 def shift_right(labels, start_id=0, pad_id=0):

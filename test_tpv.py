@@ -686,7 +686,7 @@ def test_large_split_rule_is_stratified_disjoint_and_deterministic():
     canonical = synthetic_canonical()
     splits = data.paper_splits(task, canonical)
     assert len(splits["validation"]) == 1000 and len(splits["train"]) == 5000
-    assert splits["test"] is canonical["validation"]
+    assert splits["test"] == canonical["validation"]
     ids = lambda rows: {r["premise"] for r in rows}
     assert not ids(splits["train"]) & ids(splits["validation"])
     assert ids(splits["train"]) | ids(splits["validation"]) == ids(canonical["train"])
@@ -702,7 +702,7 @@ def test_small_split_rule_halves_heldout_and_fixes_stsb():
         "train": [{"sentence1": f"a{i}", "sentence2": "b", "label": i % 2} for i in range(300)],
         "validation": [{"sentence1": f"v{i}", "sentence2": "b", "label": int(i % 3 == 0)} for i in range(277)]}
     splits = data.paper_splits(task, canonical)
-    assert splits["train"] is canonical["train"]
+    assert splits["train"] == canonical["train"]
     assert len(splits["validation"]) == 138 and len(splits["test"]) == 139
     v, t = {r["sentence1"] for r in splits["validation"]}, {r["sentence1"] for r in splits["test"]}
     assert not v & t and len(v | t) == 277
@@ -893,3 +893,253 @@ def test_cli_download_data_for_plain_files_and_tar_archives(data_mirror, tmp_pat
         env={"TPV_DATA_MIRROR": data_mirror.url}).stdout
     result = run_cli("prepare", "trec", "--from", str(tmp_path / "nowhere"), "--model", str(tokenizer))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such folder" in result.stderr
+
+
+# -----------------------------------------------------------------------------
+# prompt tuning and evaluation
+
+import signal  # noqa: E402
+import time  # noqa: E402
+
+import metrics  # noqa: E402
+import prompts  # noqa: E402
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny random T5 with T5's real vocabulary, and the SST-2 and RTE samples prepared."""
+    if not os.path.isdir(SHARED):
+        pytest.skip("../shared (dataset samples, T5 vocabulary) is not beside this checkout")
+    from transformers import T5Config, T5ForConditionalGeneration
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                        decoder_start_token_id=0)).save_pretrained(root / "model")
+    (root / "model" / "spiece.model").write_bytes(open(SPIECE, "rb").read())
+    for name in ("sst2", "rte"):
+        data.prepare(data.get_task(name), sample(name), str(root / "data"))
+    return root
+
+
+def train_args(tiny, out, *extra):
+    return ["train", "sst2", "--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(out),
+            "--max-steps", "120", "--eval-every", "20", "--warmup", "10", "--batch-size", "16", "--log-every", "40",
+            *extra]
+
+
+def run_file(out, name):
+    return os.path.join(out, "model", "origin_0", name)
+
+
+def test_schedule_values():
+    assert train.lr_at(0, 0.3, 500, 3000) == 0.0  # the first update has lr 0, as in transformers
+    assert train.lr_at(250, 0.3, 500, 3000) == pytest.approx(0.15)
+    assert train.lr_at(500, 0.3, 500, 3000) == pytest.approx(0.3)
+    assert train.lr_at(1750, 0.3, 500, 3000) == pytest.approx(0.15)
+    assert train.lr_at(3000, 0.3, 500, 3000) == 0.0
+    assert [train.few_shot_batch_size(n) for n in (5, 25, 50, 250, 500, 1000)] == [2, 2, 8, 8, 16, 16]
+
+
+def test_origins_reproduce_the_official_recipe():
+    state = np.random.get_state()
+    np.random.seed(1024)  # scripts/create_origin.py, with numpy's global generator
+    official = [np.random.permutation(range(5000))[:200] for _ in range(10)]
+    np.random.set_state(state)
+    for i in (0, 3, 9):
+        assert prompts.origin_token_ids(i, 50).tolist() == official[i][:50].tolist()
+    with pytest.raises(prompts.PromptError, match="origin must be 0..9"):
+        prompts.origin_token_ids(10, 50)
+
+
+def test_prompt_tuning_lowers_the_loss_on_a_fixed_batch(checkpoints):
+    model = model_t5.load_t5(checkpoints["t5-v1.0"])
+    ids, mask, labels = batch(seed=5, B=4)
+    prompt = torch.nn.Parameter(torch.randn(10, 32) * 0.5)
+    optimizer = torch.optim.AdamW([prompt], lr=0.3, weight_decay=1e-5)
+    batch_ = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    losses = []
+    for _ in range(100):
+        loss = train.batch_loss(model, batch_, prompt, train.nullcontext, torch.device("cpu"))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0] and max(losses[-10:]) < min(losses[:10]), losses[::10]
+
+
+def test_train_writes_prompt_init_and_record(tiny, tmp_path, capsys):
+    tpv.main(train_args(tiny, tmp_path))
+    out = capsys.readouterr().out
+    assert "tok/s" in out and "ETA" in out and "validation loss" in out
+    prompt, init, meta = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
+    model = model_t5.load_t5(str(tiny / "model"))
+    assert torch.equal(init, prompts.embedding_rows(model, prompts.origin_token_ids(0, 50)))  # origin_0
+    assert prompt.shape == (50, 32) and not torch.equal(prompt, init)  # the vector prompt - init is not zero
+    record = json.load(open(run_file(tmp_path, "sst2.json")))
+    losses = [h["validation_loss"] for h in record["history"]]
+    assert len(losses) == 6 and record["best_validation_loss"] == min(losses)
+    assert record["best_step"] == record["history"][losses.index(min(losses))]["step"]
+    assert meta["best_step"] == str(record["best_step"]) and "f1" in record["test"]["sst2"]
+    assert not os.path.exists(run_file(tmp_path, "sst2.ckpt.safetensors"))  # finished runs keep no checkpoint
+
+
+def test_best_prompt_by_validation_loss_is_the_one_saved(tiny, tmp_path, monkeypatch):
+    seen, scripted = [], iter([5.0, 2.0, 3.0, 4.0, 2.5, 6.0])
+    def fake_validation_loss(model, tokens, prompt, autocast, device, batch_size=64):
+        seen.append(prompt.detach().clone())
+        return next(scripted)
+    monkeypatch.setattr(train, "validation_loss", fake_validation_loss)
+    tpv.main(train_args(tiny, tmp_path))
+    prompt, _, meta = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
+    assert meta["best_step"] == "40" and torch.equal(prompt, seen[1])
+
+
+def checkpoint_step(path):
+    try:
+        return train.load_checkpoint(path)[1]["step"]
+    except Exception:  # not there yet, or being replaced
+        return 0
+
+
+def interrupt_then_resume(tiny, out, sig):
+    args = train_args(tiny, out, "--max-steps", "300")
+    process = subprocess.Popen([sys.executable, os.path.join(HERE, "tpv.py"), *args], cwd=HERE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = run_file(out, "sst2.ckpt.safetensors")
+    deadline = time.time() + 120
+    while checkpoint_step(ckpt) < 40 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert not os.path.exists(run_file(out, "sst2.safetensors")), "the run finished before it was interrupted"
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    return process.returncode, stderr
+
+
+def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
+    reference = run_cli(*train_args(tiny, tmp_path / "a", "--max-steps", "300"))
+    assert reference.returncode == 0, reference.stderr
+    code, _ = interrupt_then_resume(tiny, tmp_path / "b", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    a, _, _ = prompts.load_prompt(run_file(tmp_path / "a", "sst2.safetensors"))
+    b, _, _ = prompts.load_prompt(run_file(tmp_path / "b", "sst2.safetensors"))
+    assert torch.equal(a, b)
+    code, stderr = interrupt_then_resume(tiny, tmp_path / "c", signal.SIGINT)  # Ctrl-C saves, then leaves
+    assert code == 2 and "interrupted at step" in stderr and "--resume" in stderr
+    c, _, _ = prompts.load_prompt(run_file(tmp_path / "c", "sst2.safetensors"))
+    assert torch.equal(a, c)
+
+
+def test_resume_with_different_arguments_is_refused(tiny, tmp_path, monkeypatch):
+    calls, real = [], train.batch_loss
+    def interrupt_at_25(*a, **k):  # Ctrl-C during the 25th loss computation
+        calls.append(1)
+        if len(calls) == 25:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(train, "batch_loss", interrupt_at_25)
+    with pytest.raises(SystemExit) as e:
+        tpv.main(train_args(tiny, tmp_path))
+    assert e.value.code == 2 and os.path.exists(run_file(tmp_path, "sst2.ckpt.safetensors"))
+    result = run_cli(*train_args(tiny, tmp_path, "--lr", "0.1", "--resume"))
+    assert result.returncode == 2 and "--resume with different arguments: lr was 0.3, now 0.1" in result.stderr
+    result = run_cli(*train_args(tiny, tmp_path))
+    assert result.returncode == 2 and "continue with --resume, or start over with --force" in result.stderr
+
+
+def test_non_finite_loss_stops_with_step_and_batch_and_saves_nothing_bad(tiny, tmp_path, monkeypatch, capsys):
+    training_calls, real = [], train.batch_loss
+    def nan_at_step_30(model, *a, **k):
+        loss = real(model, *a, **k)
+        if model.training:  # not the validation passes
+            training_calls.append(1)
+        return loss * float("nan") if len(training_calls) == 30 and model.training else loss
+    monkeypatch.setattr(train, "batch_loss", nan_at_step_30)
+    with pytest.raises(SystemExit) as e:
+        tpv.main(train_args(tiny, tmp_path))
+    assert e.value.code == 2
+    message = capsys.readouterr().err
+    assert "non-finite loss at step 30 (epoch 1, batch" in message and "last good checkpoint step 20" in message
+    tensors, state = train.load_checkpoint(run_file(tmp_path, "sst2.ckpt.safetensors"))
+    assert state["step"] == 20 and all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert not os.path.exists(run_file(tmp_path, "sst2.safetensors"))
+
+
+def test_two_processes_compute_what_one_computes(tiny, tmp_path):
+    common = ["--max-steps", "12", "--eval-every", "6", "--dropout", "0"]
+    one = run_cli(*train_args(tiny, tmp_path / "one", *common))
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          os.path.join(HERE, "tpv.py"), *train_args(tiny, tmp_path / "two", *common)],
+                         capture_output=True, text=True, cwd=HERE, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "over 2 ranks" in two.stdout
+    a, _, _ = prompts.load_prompt(run_file(tmp_path / "one", "sst2.safetensors"))
+    b, _, _ = prompts.load_prompt(run_file(tmp_path / "two", "sst2.safetensors"))
+    assert not torch.equal(a, prompts.load_prompt(run_file(tmp_path / "one", "sst2.safetensors"))[1])
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_metrics_against_hand_computed_values():
+    sst2, mnli, stsb = data.get_task("sst2"), data.get_task("mnli"), data.get_task("stsb")
+    golds = ["positive", "positive", "negative", "negative", "positive"]
+    preds = ["positive", "negative", "negative", "banana", "positive"]
+    m = metrics.task_metrics(sst2, preds, golds)
+    # invalid -> wrong label: preds become P N N P P; tp 2, fp 1, fn 1 -> F1 = 4/6
+    assert m["accuracy"] == 0.6 and m["invalid"] == 1 and m["f1"] == pytest.approx(4 / 6)
+    golds = ["entailment", "neutral", "contradiction", "neutral"]
+    preds = ["entailment", "entailment", "contradiction", "nonsense"]
+    m = metrics.task_metrics(mnli, preds, golds)
+    # F1: entailment 2/3 (tp1 fp1 fn0), neutral 0, contradiction 1 -> macro (2/3 + 0 + 1) / 3
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1) / 3) and m["invalid"] == 1 and m["exact_match"] == 0.5
+    m = metrics.task_metrics(stsb, ["1.0", "2.0", "3.0", "x"], ["1.0", "2.0", "4.0", "5.0"])
+    assert m["invalid"] == 1 and m["pearson"] == pytest.approx(np.corrcoef([1, 2, 3, -1], [1, 2, 4, 5])[0, 1])
+    assert m["spearman"] == pytest.approx(-0.2)  # ranks (2,3,4,1) vs (1,2,3,4): 1 - 6*12/(4*15)
+    assert metrics.ranks([3, 1, 3]).tolist() == [2.5, 1.0, 2.5]
+    assert metrics.task_metrics(sst2, ["positive"], ["positive"])["exact_match"] == 1.0  # no 16-char cut
+
+
+def test_generation_and_rank_scoring_agree_on_a_model_that_has_learnt_the_labels(tiny):
+    model = model_t5.load_t5(str(tiny / "model"))
+    tok = model_t5.load_tokenizer(str(tiny / "model"))
+    model_t5.set_dropout(model, 0.0)
+    task = data.get_task("sst2")
+    tokens, rows = train.split_data(task, "validation", tok, str(tiny / "data"))
+    idx = np.arange(16)
+    batch_ = data.collate(tokens, idx)
+    torch.manual_seed(0)
+    model.requires_grad_(True)  # fine-tune the whole tiny model until it emits label words
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        train.batch_loss(model, batch_, None, train.nullcontext, torch.device("cpu")).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.requires_grad_(False)
+    subset = data.select(tokens, idx)
+    generated = train.predict(model, task, subset, tok, None, "generate")
+    ranked = train.predict(model, task, subset, tok, None, "rank")
+    assert all(g in task.labels for g in generated) and generated == ranked
+    assert generated == [task.target(rows[i]) for i in idx]
+
+
+def test_train_and_eval_user_errors(tiny, tmp_path):
+    base = ["--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(tmp_path)]
+    cases = [(["train", "mnlx", *base], "unknown task 'mnlx'"),
+             (["train", "qnli", *base], "python tpv.py download-data qnli"),
+             (["train", "sst2", "--model", str(tmp_path / "none"), "--data-dir", str(tiny / "data")],
+              "no such model folder"),
+             (["eval", "sst2", "--prompt", "rte", *base], "train it with: python tpv.py train rte --origin 0"),
+             (["train", "sst2", "--init", "rte+sst2", *base], "no trained prompt for rte on origin 0")]
+    wide = tmp_path / "wide.safetensors"
+    prompts.save_prompt(str(wide), torch.zeros(50, 64), torch.zeros(50, 64), {"model": str(tiny / "model")})
+    cases.append((["eval", "sst2", "--prompt", str(wide), *base], "prompt width 64 does not fit the model's d_model 32"))
+    other = tmp_path / "other.safetensors"
+    prompts.save_prompt(str(other), torch.zeros(50, 32), torch.zeros(50, 32), {"model": "t5-small"})
+    cases.append((["eval", "sst2", "--prompt", str(other), *base], "trained on t5-small"))
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1

@@ -11,16 +11,21 @@ Every command takes --offline (or TPV_OFFLINE=1) to forbid downloads. A user's m
 stderr and exit status 2.
 """
 import argparse
+import json
 import os
 import sys
+import time
 
 import torch
 
 import data
 import hub
 import model_t5
+import prompts
+import train
 
-USER_ERRORS = (model_t5.CheckpointError, hub.DownloadError, data.DataError)
+USER_ERRORS = (model_t5.CheckpointError, hub.DownloadError, data.DataError, prompts.PromptError,
+               train.TrainingError)
 
 
 # -----------------------------------------------------------------------------
@@ -90,6 +95,158 @@ def cmd_download_data(args):
 
 
 # -----------------------------------------------------------------------------
+# training and evaluation
+
+def pick_device(choice, local_rank=0):
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise train.TrainingError("--device cuda, but PyTorch sees no CUDA device (use --device cpu)")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def model_tag(name):
+    return os.path.basename(os.path.normpath(name))
+
+
+def run_folder(args):
+    return os.path.join(args.out, model_tag(args.model), f"origin_{args.origin}")
+
+
+def load_model(args, device=torch.device("cpu")):
+    path = hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline)
+    model = model_t5.load_t5(path, device=device)
+    if getattr(args, "dropout", None) is not None:
+        model_t5.set_dropout(model, args.dropout)
+    return model, model_t5.load_tokenizer(path)
+
+
+def trained_prompt(args, name):
+    """The prompt file of a run name (a task, a comma list, a+b) on args' model and origin."""
+    path = os.path.join(run_folder(args), f"{name}.safetensors")
+    if not os.path.exists(path):
+        raise prompts.PromptError(f"no trained prompt for {name} on origin {args.origin} ({path}); train it with: "
+                                  f"python tpv.py train {name} --origin {args.origin} --model {args.model}")
+    return path
+
+
+def resolve_init(args, model, tokenizer):
+    """--init -> (n, d) starting prompt. Default: the paper's origin_<--origin>."""
+    spec, n = args.init, args.prompt_len
+    if spec in ("origin", "random", "vocab") or spec.startswith("text:"):
+        return prompts.initial_prompt(model, tokenizer, f"origin:{args.origin}" if spec == "origin" else spec, n,
+                                      args.seed)
+    if os.path.exists(spec) or spec.endswith(".safetensors"):  # continue from a tuned prompt
+        prompt, _, meta = prompts.load_prompt(spec)
+        prompts.check_fits(spec, prompt, meta, args.model, model.config.d_model)
+        return prompt
+    # task[+task...]: the origin plus the sum of those tasks' vectors, all trained on this origin
+    origin = prompts.initial_prompt(model, tokenizer, f"origin:{args.origin}", n)
+    init = origin.clone()
+    for name in spec.split("+"):
+        data.get_task(name.split(",")[0])  # a clear error for a misspelt task
+        path = trained_prompt(args, name)
+        prompt, start, meta = prompts.load_prompt(path)
+        prompts.check_fits(path, prompt, meta, args.model, model.config.d_model)
+        if start.shape != origin.shape or not torch.equal(start, origin):
+            raise prompts.PromptError(f"{path} was not trained from origin_{args.origin} with {n} vectors; "
+                                      f"task vectors only add on the origin they were computed from")
+        init += prompt - start
+    return init
+
+
+def run_name(args):
+    if args.name:
+        return args.name
+    name = args.task + (f"_{args.shots}shots" if args.shots is not None else "")
+    if args.init != "origin":
+        tag = "text" if args.init.startswith("text:") else os.path.splitext(os.path.basename(args.init))[0]
+        name += f"_init-{tag}"
+    return name
+
+
+def write_json(path, record):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def print_metrics(table):
+    print(f"{'task':14}{'split':>8}{'examples':>10}{'accuracy':>10}{'F1':>8}{'invalid':>9}")
+    for name, (split, m) in table.items():
+        f1 = m.get("f1", m.get("macro_f1", m.get("spearman", 0.0)))
+        main = m.get("accuracy", m.get("pearson", 0.0))
+        print(f"{name:14}{split:>8}{m['examples']:>10,}{100 * main:>10.2f}{100 * f1:>8.2f}{m['invalid']:>9,}")
+
+
+def cmd_train(args):
+    tasks = [data.get_task(n) for n in args.task.split(",")]
+    rank, _, local_rank = train.distributed()
+    model, tokenizer = load_model(args, pick_device(args.device, local_rank))
+    if args.epochs is None:  # the paper: 10 epochs, 50 for TREC (it underfits)
+        args.epochs = 50 if args.task == "trec" else 10
+    if args.shots:
+        args.max_steps = args.max_steps or train.FEW_SHOT_STEPS
+        args.batch_size = args.batch_size or train.few_shot_batch_size(args.shots)
+    args.batch_size = args.batch_size or 32
+    name = run_name(args)
+    folder = run_folder(args)
+    paths = {k: os.path.join(folder, name + ext) for k, ext in
+             (("prompt", ".safetensors"), ("json", ".json"), ("checkpoint", ".ckpt.safetensors"))}
+    if os.path.exists(paths["prompt"]) and not args.force:
+        raise train.TrainingError(f"{paths['prompt']} exists: this run is finished (pass --force to train again)")
+    if os.path.exists(paths["checkpoint"]) and not (args.resume or args.force):
+        raise train.TrainingError(f"{paths['checkpoint']} exists: continue with --resume, or start over with --force")
+    if args.force and not args.resume and os.path.exists(paths["checkpoint"]):
+        os.remove(paths["checkpoint"])
+    os.makedirs(folder, exist_ok=True)
+    init = resolve_init(args, model, tokenizer)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    if args.shots == 0:  # zero-shot: the initial prompt is the result
+        record, best = {"steps": 0, "history": []}, init
+        prompts.save_prompt(paths["prompt"], init, init, {"task": args.task, "model": args.model,
+                                                          "origin": str(args.origin), "init": args.init,
+                                                          "shots": "0"})
+    else:
+        record, best = train.train(args, model, tokenizer, tasks, init, paths, log)
+    if rank != 0:
+        return
+    results = {}
+    device = next(model.parameters()).device
+    autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
+    for task in tasks:  # the paper's report: test metrics of the best prompt
+        tokens, rows = train.split_data(task, "test", tokenizer, args.data_dir)
+        results[task.name] = ("test", train.evaluate(model, task, tokens, rows, tokenizer, best.to(device),
+                                                     scoring=args.scoring, device=device, autocast=autocast)[0])
+    write_json(paths["json"], {"arguments": vars(args) | {"run": None}, **record,
+                               "test": {k: m for k, (_, m) in results.items()}})
+    if os.path.exists(paths["checkpoint"]):
+        os.remove(paths["checkpoint"])  # finished: the prompt file and the record are what stays
+    print(f"wrote {paths['prompt']} and {paths['json']}")
+    print_metrics(results)
+
+
+def cmd_eval(args):
+    task = data.get_task(args.task)
+    device = pick_device(args.device)
+    model, tokenizer = load_model(args, device)
+    path = args.prompt if os.path.exists(args.prompt) or args.prompt.endswith(".safetensors") \
+        else trained_prompt(args, args.prompt)
+    prompt, _, meta = prompts.load_prompt(path)
+    prompts.check_fits(path, prompt, meta, args.model, model.config.d_model)
+    autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
+    tokens, rows = train.split_data(task, args.split, tokenizer, args.data_dir)
+    started = time.time()
+    result, _ = train.evaluate(model, task, tokens, rows, tokenizer, prompt.to(device), scoring=args.scoring,
+                               device=device, autocast=autocast, max_new_tokens=args.max_new_tokens)
+    print(f"{path}: {len(rows):,} examples in {time.time() - started:.1f}s ({args.scoring})")
+    print_metrics({task.name: (args.split, result)})
+    print(json.dumps(result))
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 def fail(message):
@@ -101,6 +258,19 @@ def fail(message):
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         fail(f"{message} (see: python {self.prog.replace('tpv', 'tpv.py', 1)} --help)")
+
+
+def add_run_options(p):
+    p.add_argument("--model", default="t5-base", help="a model folder or a hub name (default: t5-base)")
+    p.add_argument("--origin", type=int, default=0, help="which of the paper's 10 origins (default 0)")
+    p.add_argument("--prompt-len", type=int, default=50, help="soft prompt vectors (default 50)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--scoring", choices=["generate", "rank"], default="generate",
+                   help="greedy generation (the paper) or ranking the label words by log-probability")
+    p.add_argument("--out", default="runs", help="where runs live (default: runs)")
+    p.add_argument("--data-dir", default=data.data_dir(), help="the data cache (default: data_cache, or $TPV_DATA)")
 
 
 def build_parser():
@@ -138,6 +308,38 @@ def build_parser():
                        help="fetch a task's original distribution, check it, and prepare it")
     p.add_argument("task", help="a task name or 'all': " + ", ".join(data.TASKS))
     p.set_defaults(run=cmd_download_data)
+
+    p = sub.add_parser("train", parents=[common],
+                       help="tune a soft prompt on a task (a comma list: multi-task)")
+    p.add_argument("task", help="a task, or a comma list for the multi-task SPoT baseline: mnli,qnli")
+    add_run_options(p)
+    p.add_argument("--init", default="origin", help="origin (default), random, vocab, text:\"...\", a prompt file, "
+                   "or task[+task...]: the origin plus those tasks' vectors")
+    p.add_argument("--shots", type=int, default=None, help="few-shot: N stratified training examples (0: no training)")
+    p.add_argument("--max-steps", type=int, default=None, help="default: epochs x batches (few-shot: 1000)")
+    p.add_argument("--epochs", type=int, default=None, help="default 10 (TREC 50)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 32 (few-shot: 2 / 8 / 16)")
+    p.add_argument("--lr", type=float, default=0.3)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout_rate (default: as "
+                   "config.json, 0.1 for T5)")
+    p.add_argument("--name", default=None, help="the run's file name (default: from task, shots and init)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--force", action="store_true", help="train again even if the run exists")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate a prompt on a task's split")
+    p.add_argument("task")
+    p.add_argument("--prompt", required=True, help="a prompt file, or a run name under --out (e.g. mnli)")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation length (default: the longest label + 4; the paper: 128)")
+    add_run_options(p)
+    p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("convert", help="write model.safetensors beside a folder's pytorch_model.bin")
     p.add_argument("dir")

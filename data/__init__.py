@@ -13,11 +13,12 @@ few-shot), batches.py (tokenisation cache, batches), download.py (original distr
 """
 from collections import Counter
 
-from .batches import MAX_SOURCE, cached_tokens, collate, epoch_batches, lengths, padding_stats, tokenize
+from .batches import (MAX_SOURCE, cached_tokens, collate, concat, epoch_batches, lengths, padding_stats,
+                      select, tokenize)
 from .cache import SPLITS, data_dir, read_cache, task_dir, write_cache
 from .download import download_task
 from .readers import read_task
-from .splits import few_shot, paper_splits, stratified_take
+from .splits import few_shot, few_shot_indices, paper_splits, split_indices, stratified_take
 from .tasks import TASKS, DataError, Task, get_task
 
 
@@ -55,5 +56,6 @@ def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None):
 
 
 __all__ = ["TASKS", "DataError", "Task", "get_task", "load_task", "prepare", "read_task", "read_cache",
-           "write_cache", "paper_splits", "few_shot", "stratified_take", "encode", "tokenize", "cached_tokens",
-           "epoch_batches", "collate", "lengths", "padding_stats", "download_task", "data_dir", "MAX_SOURCE"]
+           "write_cache", "paper_splits", "split_indices", "few_shot", "few_shot_indices", "stratified_take",
+           "encode", "tokenize", "cached_tokens", "select", "concat", "epoch_batches", "collate", "lengths",
+           "padding_stats", "download_task", "data_dir", "MAX_SOURCE"]

@@ -54,6 +54,27 @@ def cached_tokens(task, split, rows, tokenizer, folder, max_source=MAX_SOURCE):
     return tokens
 
 
+def select(tokens, idx):
+    """The token arrays of a subset (in the order of idx)."""
+    parts = {}
+    for key in ("source", "target"):
+        flat, offsets = tokens[key], tokens[f"{key}_offsets"]
+        pieces = [flat[offsets[i]:offsets[i + 1]] for i in idx]
+        parts[key] = np.concatenate(pieces) if pieces else flat[:0]
+        parts[f"{key}_offsets"] = np.cumsum([0] + [len(p) for p in pieces], dtype=np.int64)
+    return parts
+
+
+def concat(token_sets):
+    """Several token sets (e.g. two tasks, for multi-task training) as one."""
+    out = {}
+    for key in ("source", "target"):
+        out[key] = np.concatenate([t[key] for t in token_sets])
+        sizes = np.concatenate([np.diff(t[f"{key}_offsets"]) for t in token_sets])
+        out[f"{key}_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return out
+
+
 def lengths(tokens):
     return np.diff(tokens["source_offsets"])
 

@@ -34,26 +34,38 @@ def stratified_take(labels, n_take, seed=SEED):
     return taken, rest
 
 
-def paper_splits(task, canonical, seed=SEED):
-    """{split: rows} of the original distribution -> the paper's {train, validation, test}."""
+def split_indices(task, canonical, seed=SEED):
+    """{split: rows} of the original distribution -> the paper's {train, validation, test}, each given as
+    (original split name, indices into it), so that token caches of the original splits can be reused."""
     if "train" not in canonical or task.heldout not in canonical:
         missing = "train" if "train" not in canonical else task.heldout
         raise DataError(f"{task.name}: the prepared data has no {missing} split, which the paper's split rule "
                         f"needs; prepare the full distribution (python tpv.py download-data {task.name})")
     train, heldout = canonical["train"], canonical[task.heldout]
-    pick = lambda rows, idx: [rows[i] for i in idx]
     if task.split_rule == "large":
         # 1,000 as in the paper; at most a fifth of train for the small samples used in tests and quick runs
         n_val = min(LARGE_VALIDATION, len(train) // 5)
         val, rest = stratified_take(strata(task, train), n_val, seed)
-        return {"train": pick(train, rest), "validation": pick(train, val), "test": heldout}
+        return {"train": ("train", rest), "validation": ("train", val),
+                "test": (task.heldout, np.arange(len(heldout)))}
     val, test = stratified_take(strata(task, heldout), len(heldout) // 2, seed)
-    return {"train": train, "validation": pick(heldout, val), "test": pick(heldout, test)}
+    return {"train": ("train", np.arange(len(train))), "validation": (task.heldout, val),
+            "test": (task.heldout, test)}
 
 
-def few_shot(task, train, shots, seed=SEED):
-    """A stratified subset of `shots` training examples; the same for every origin (it depends on the seed only)."""
+def paper_splits(task, canonical, seed=SEED):
+    """The paper's {train, validation, test} as lists of examples."""
+    return {split: [canonical[name][i] for i in idx]
+            for split, (name, idx) in split_indices(task, canonical, seed).items()}
+
+
+def few_shot_indices(task, train, shots, seed=SEED):
+    """Indices of a stratified subset of `shots` training examples; the same for every origin (seed only)."""
     if shots > len(train):
         raise DataError(f"{task.name}: {shots} shots asked, but train has only {len(train)} examples")
     taken, _ = stratified_take(strata(task, train), shots, seed)
-    return [train[i] for i in taken]
+    return taken
+
+
+def few_shot(task, train, shots, seed=SEED):
+    return [train[i] for i in few_shot_indices(task, train, shots, seed)]
