@@ -5,6 +5,7 @@ Benchmarks, side by side in one run on the same random weights: our T5 against H
     python bench.py step --shape t5-base --precision bf16-autocast
     python bench.py parity                 # logit differences per config family, fp32 and bf16
     python bench.py data                   # prepare and tokenisation speed, padding of our batches vs 256
+    python bench.py eval                   # evaluation examples/s: greedy generation and rank scoring
 
 `step` measures forward, loss and backward to the prompt, and reports medians over repeats.
 Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
@@ -107,6 +108,30 @@ def data_speed(args):
                   f"{fixed / ours:10.1f}x")
 
 
+def eval_speed(args):
+    """Examples/s of our evaluation (encoder once, then greedy decoding with the cache, or one packed pass
+    over the label words) on random weights of a shape, with SST-2's label words (2 tokens + EOS each)."""
+    import train
+    ours, _ = make_models(args.shape, torch.float32)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
+    mask = torch.ones_like(ids)
+    prompt = torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5
+    labels = [[2841, 1], [1465, 1]]  # "negative", "positive" in T5's vocabulary
+    print(f"evaluation, {args.shape} shape, batch {args.batch}, {args.src} source + {args.prompt} prompt tokens, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"{'':28}{'s/batch':>9}{'examples/s':>12}")
+    for precision in ("fp32", "bf16"):
+        autocast, _ = train.autocast_for(precision, torch.device("cpu"))
+        for name, fn in (("greedy (7 new tokens)", lambda: model_t5.generate_greedy(ours, ids, mask, prompt, 7)),
+                         ("rank (2 label words)", lambda: model_t5.score_candidates(ours, ids, mask, prompt, labels))):
+            with torch.no_grad(), autocast():
+                fn()
+                times = [timed(fn) for _ in range(args.repeats)]
+            median = statistics.median(times)
+            print(f"{name + ', ' + precision:28}{median:9.3f}{args.batch / median:12.1f}")
+
+
 def timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -173,6 +198,13 @@ def main():
     p.add_argument("--tasks", default="mnli,snli,sst2,qnli,trec,mrpc,rte,cola,stsb,sst5,ag_news")
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(run=data_speed)
+    p = sub.add_parser("eval", help="evaluation speed: greedy generation and rank scoring")
+    p.add_argument("--shape", choices=SHAPES, default="t5-small")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--src", type=int, default=128)
+    p.add_argument("--prompt", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(run=eval_speed)
     args = parser.parse_args()
     args.run(args)
 

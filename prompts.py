@@ -62,7 +62,7 @@ def initial_prompt(model, tokenizer, spec, n, seed=0):
 def save_prompt(path, prompt, init, meta):
     """Writes path atomically; refuses non-finite tensors (nothing non-finite is ever saved)."""
     from safetensors.torch import save_file
-    prompt, init = prompt.detach().float().cpu().contiguous(), init.detach().float().cpu().contiguous()
+    prompt, init = prompt.detach().float().cpu().clone(), init.detach().float().cpu().clone()  # never shared
     if not (torch.isfinite(prompt).all() and torch.isfinite(init).all()):
         raise ValueError(f"refusing to save a non-finite prompt to {path}")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -1143,3 +1143,26 @@ def test_train_and_eval_user_errors(tiny, tmp_path):
         result = run_cli(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert result.stderr.count("\n") == 1
+
+
+def test_init_from_task_vectors_zero_shot_and_multi_task(tiny, tmp_path):
+    quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
+    for task in ("sst2", "rte", "sst2,rte"):
+        result = run_cli(*train_args(tiny, tmp_path, *quick)[:1], task, *train_args(tiny, tmp_path, *quick)[2:])
+        assert result.returncode == 0, result.stderr
+    result = run_cli(*train_args(tiny, tmp_path, "--shots", "0", "--init", "sst2+rte")[:1], "rte",
+                     *train_args(tiny, tmp_path, "--shots", "0", "--init", "sst2+rte")[2:])
+    assert result.returncode == 0, result.stderr
+    load = lambda name: prompts.load_prompt(run_file(tmp_path, name + ".safetensors"))
+    (sst2, origin, _), (rte, origin2, _) = load("sst2"), load("rte")
+    zero, zero_init, meta = load("rte_0shots_init-sst2+rte")
+    assert torch.equal(origin, origin2) and meta["shots"] == "0"
+    torch.testing.assert_close(zero_init, origin + (sst2 - origin) + (rte - origin), rtol=0, atol=0)
+    assert torch.equal(zero, zero_init)  # zero shots: no training
+    assert "rte" in json.load(open(run_file(tmp_path, "sst2,rte.json")))["test"]  # multi-task: every task tested
+    # a vector from another origin does not add onto this one
+    moved = run_file(tmp_path, "moved.safetensors")
+    prompts.save_prompt(moved, sst2, origin + 1, {"model": str(tiny / "model")})
+    result = run_cli(*train_args(tiny, tmp_path, "--init", "moved")[:1], "rte",
+                     *train_args(tiny, tmp_path, "--init", "moved")[2:])
+    assert result.returncode == 2 and "was not trained from origin_0" in result.stderr

@@ -127,8 +127,10 @@ def trained_prompt(args, name):
     """The prompt file of a run name (a task, a comma list, a+b) on args' model and origin."""
     path = os.path.join(run_folder(args), f"{name}.safetensors")
     if not os.path.exists(path):
-        raise prompts.PromptError(f"no trained prompt for {name} on origin {args.origin} ({path}); train it with: "
-                                  f"python tpv.py train {name} --origin {args.origin} --model {args.model}")
+        unknown = [t for t in name.split(",") if t not in data.TASKS]
+        hint = (f"{unknown[0]!r} is neither a task ({', '.join(data.TASKS)}) nor a run there" if unknown else
+                f"train it with: python tpv.py train {name} --origin {args.origin} --model {args.model}")
+        raise prompts.PromptError(f"no trained prompt for {name} on origin {args.origin} ({path}); {hint}")
     return path
 
 
@@ -146,7 +148,6 @@ def resolve_init(args, model, tokenizer):
     origin = prompts.initial_prompt(model, tokenizer, f"origin:{args.origin}", n)
     init = origin.clone()
     for name in spec.split("+"):
-        data.get_task(name.split(",")[0])  # a clear error for a misspelt task
         path = trained_prompt(args, name)
         prompt, start, meta = prompts.load_prompt(path)
         prompts.check_fits(path, prompt, meta, args.model, model.config.d_model)
