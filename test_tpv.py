@@ -1107,7 +1107,7 @@ def test_generation_and_rank_scoring_agree_on_a_model_that_has_learnt_the_labels
     tok = model_t5.load_tokenizer(str(tiny / "model"))
     model_t5.set_dropout(model, 0.0)
     task = data.get_task("sst2")
-    tokens, rows = train.split_data(task, "validation", tok, str(tiny / "data"))
+    tokens, rows = data.split_tokens(task, "validation", tok, str(tiny / "data"))
     idx = np.arange(16)
     batch_ = data.collate(tokens, idx)
     torch.manual_seed(0)

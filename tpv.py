@@ -218,7 +218,7 @@ def cmd_train(args):
     device = next(model.parameters()).device
     autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
     for task in tasks:  # the paper's report: test metrics of the best prompt
-        tokens, rows = train.split_data(task, "test", tokenizer, args.data_dir)
+        tokens, rows = data.split_tokens(task, "test", tokenizer, args.data_dir)
         results[task.name] = ("test", train.evaluate(model, task, tokens, rows, tokenizer, best.to(device),
                                                      scoring=args.scoring, device=device, autocast=autocast)[0])
     write_json(paths["json"], {"arguments": vars(args) | {"run": None}, **record,
@@ -238,7 +238,7 @@ def cmd_eval(args):
     prompt, _, meta = prompts.load_prompt(path)
     prompts.check_fits(path, prompt, meta, args.model, model.config.d_model)
     autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
-    tokens, rows = train.split_data(task, args.split, tokenizer, args.data_dir)
+    tokens, rows = data.split_tokens(task, args.split, tokenizer, args.data_dir)
     started = time.time()
     result, _ = train.evaluate(model, task, tokens, rows, tokenizer, prompt.to(device), scoring=args.scoring,
                                device=device, autocast=autocast, max_new_tokens=args.max_new_tokens)

@@ -84,19 +84,6 @@ def config_hash(model):
 # -----------------------------------------------------------------------------
 # data of a run
 
-def split_data(task, split, tokenizer, root=None, shots=0, limit=None):
-    """The paper's split of a task as (token arrays, example rows), reusing the cached tokens of the original
-    split; shots > 0 draws the few-shot subset of train, limit caps the number of examples."""
-    canonical = data.read_cache(task, root)
-    name, idx = data.split_indices(task, canonical)[split]
-    if shots:
-        idx = idx[data.few_shot_indices(task, [canonical[name][i] for i in idx], shots)]
-    if limit is not None:
-        idx = idx[:limit]
-    tokens = data.encode(task, name, canonical[name], tokenizer, root)
-    return data.select(tokens, idx), [canonical[name][i] for i in idx]
-
-
 def batch_loss(model, batch, prompt, autocast, device):
     """Summed cross-entropy over the batch's target tokens (labels are -100 on padding)."""
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -199,9 +186,9 @@ def train(args, model, tokenizer, tasks, init, paths, log=print):
     # data: train examples of every task in one pool; validation per task (the mean is the selection criterion)
     train_sets, val_sets = [], {}
     for task in tasks:
-        train_sets.append(split_data(task, "train", tokenizer, args.data_dir, shots=args.shots)[0])
+        train_sets.append(data.split_tokens(task, "train", tokenizer, args.data_dir, shots=args.shots)[0])
         limit = FEW_SHOT_VALIDATION if args.shots else None
-        val_sets[task.name] = split_data(task, "validation", tokenizer, args.data_dir, limit=limit)[0]
+        val_sets[task.name] = data.split_tokens(task, "validation", tokenizer, args.data_dir, limit=limit)[0]
     train_tokens = data.concat(train_sets)
     train_lengths, target_lengths = data.lengths(train_tokens), np.diff(train_tokens["target_offsets"])
     n_examples = len(train_lengths)

@@ -1,10 +1,10 @@
 """
 tpv's NLU data: the paper's 17 tasks, from their original files to length-bucketed batches.
 
-    from data import get_task, load_task, encode, epoch_batches, collate
+    from data import get_task, load_task, split_tokens, epoch_batches, lengths, collate
     task = get_task("mnli")
     splits = load_task(task)                       # {"train", "validation", "test"}: the paper's split rule
-    tokens = encode(task, "train", splits["train"], tokenizer)
+    tokens, rows = split_tokens(task, "train", tokenizer)
     for idx in epoch_batches(lengths(tokens), 32, seed=42, epoch=0):
         batch = collate(tokens, idx)               # input_ids, attention_mask, labels (-100 on padding)
 
@@ -32,6 +32,19 @@ def encode(task, split, rows, tokenizer, root=None, max_source=MAX_SOURCE):
     return cached_tokens(task, split, rows, tokenizer, task_dir(task, root), max_source)
 
 
+def split_tokens(task, split, tokenizer, root=None, shots=0, limit=None):
+    """The paper's split of a prepared task as (token arrays, example rows), reusing the cached tokens of the
+    original split; shots > 0 draws the few-shot subset of train, limit keeps the first examples only."""
+    canonical = read_cache(task, root)
+    name, idx = split_indices(task, canonical)[split]
+    if shots:
+        idx = idx[few_shot_indices(task, [canonical[name][i] for i in idx], shots)]
+    if limit is not None:
+        idx = idx[:limit]
+    tokens = encode(task, name, canonical[name], tokenizer, root)
+    return select(tokens, idx), [canonical[name][i] for i in idx]
+
+
 def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None):
     """Original files under `source` -> the canonical cache; returns a printable report."""
     splits, skipped = read_task(task, source, skip_bad_rows)
@@ -55,7 +68,7 @@ def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None):
     return "\n".join(lines)
 
 
-__all__ = ["TASKS", "DataError", "Task", "get_task", "load_task", "prepare", "read_task", "read_cache",
+__all__ = ["TASKS", "DataError", "Task", "get_task", "load_task", "split_tokens", "prepare", "read_task", "read_cache",
            "write_cache", "paper_splits", "split_indices", "few_shot", "few_shot_indices", "stratified_take",
            "encode", "tokenize", "cached_tokens", "select", "concat", "epoch_batches", "collate", "lengths",
            "padding_stats", "download_task", "data_dir", "MAX_SOURCE"]
