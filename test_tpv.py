@@ -1166,3 +1166,13 @@ def test_init_from_task_vectors_zero_shot_and_multi_task(tiny, tmp_path):
     result = run_cli(*train_args(tiny, tmp_path, "--init", "moved")[:1], "rte",
                      *train_args(tiny, tmp_path, "--init", "moved")[2:])
     assert result.returncode == 2 and "was not trained from origin_0" in result.stderr
+
+
+def test_bf16_autocast_on_cpu_trains_an_fp32_prompt(tiny, tmp_path):
+    result = run_cli(*train_args(tiny, tmp_path, "--precision", "bf16", "--max-steps", "6", "--eval-every", "3"))
+    assert result.returncode == 0, result.stderr
+    assert "bf16, cpu" in result.stdout
+    prompt, _, _ = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
+    assert prompt.dtype == torch.float32 and torch.isfinite(prompt).all()
+    result = run_cli(*train_args(tiny, tmp_path / "x", "--precision", "fp16"))
+    assert result.returncode == 2 and "fp16 needs a CUDA device" in result.stderr
