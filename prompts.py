@@ -8,6 +8,7 @@ the file alone (a PEFT checkpoint cannot do this: PEFT never saves the init).
 import json
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -98,3 +99,68 @@ def check_fits(path, prompt, meta, model_name, d_model):
         raise PromptError(f"{path}: prompt width {prompt.shape[1]} does not fit the model's d_model {d_model}")
     if meta.get("model") and model_name and meta["model"] != model_name:
         raise PromptError(f"{path}: trained on {meta['model']}, not {model_name}; pass --model {meta['model']}")
+
+
+# -----------------------------------------------------------------------------
+# task prompt vectors: plain functions on tensors, each checking its operands
+
+class Vector(NamedTuple):
+    """A task prompt vector tau = tuned prompt - init, with what it may be combined with."""
+    tau: torch.Tensor  # (n, d)
+    model: str
+    origin: str  # identifies the init: vectors add only onto the init they were computed from
+    name: str
+
+
+def init_key(init):
+    import hashlib
+    return hashlib.sha256(init.float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def vector(path):
+    """The task prompt vector stored in a prompt file."""
+    prompt, init, meta = load_prompt(path)
+    name = meta.get("task", os.path.splitext(os.path.basename(path))[0])
+    return Vector(prompt - init, meta.get("model", ""), init_key(init), name)
+
+
+def check_compatible(a, b):
+    if a.tau.shape != b.tau.shape:
+        what = "width" if a.tau.shape[1] != b.tau.shape[1] else "length"
+        raise PromptError(f"{a.name} and {b.name} differ in {what}: {tuple(a.tau.shape)} vs {tuple(b.tau.shape)}")
+    if a.model and b.model and a.model != b.model:
+        raise PromptError(f"{a.name} was trained on {a.model}, {b.name} on {b.model}: vectors of different models "
+                          f"do not add")
+    if a.origin != b.origin:
+        raise PromptError(f"{a.name} and {b.name} were trained from different initial prompts (origins); task "
+                          f"vectors only add on the origin they were computed from")
+
+
+def add(*vectors):
+    for v in vectors[1:]:
+        check_compatible(vectors[0], v)
+    first = vectors[0]
+    return Vector(sum(v.tau for v in vectors), first.model, first.origin, "+".join(v.name for v in vectors))
+
+
+def neg(a):
+    return Vector(-a.tau, a.model, a.origin, f"-{a.name}")
+
+
+def sub(a, b):
+    check_compatible(a, b)
+    return Vector(a.tau - b.tau, a.model, a.origin, f"{a.name}-{b.name}")
+
+
+def scale(a, coefficient):
+    return Vector(coefficient * a.tau, a.model, a.origin, f"{coefficient:g}*{a.name}")
+
+
+def apply(init, v, lam=1.0, check_origin=True):
+    """init + lam * tau (the paper's TaskPrompt.apply). check_origin=False is for the cross-origin experiment,
+    which adds a vector from origin j onto origin i on purpose."""
+    if check_origin and init_key(init) != v.origin:
+        raise PromptError(f"{v.name} was computed from another initial prompt than the one it is applied to")
+    if init.shape != v.tau.shape:
+        raise PromptError(f"{v.name} has shape {tuple(v.tau.shape)}, the initial prompt {tuple(init.shape)}")
+    return init + lam * v.tau

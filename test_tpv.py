@@ -1176,3 +1176,179 @@ def test_bf16_autocast_on_cpu_trains_an_fp32_prompt(tiny, tmp_path):
     assert prompt.dtype == torch.float32 and torch.isfinite(prompt).all()
     result = run_cli(*train_args(tiny, tmp_path / "x", "--precision", "fp16"))
     assert result.returncode == 2 and "fp16 needs a CUDA device" in result.stderr
+
+
+# -----------------------------------------------------------------------------
+# task prompt vectors: arithmetic, experiments, plots, interchange
+
+import xml.etree.ElementTree as ET  # noqa: E402
+
+import experiments  # noqa: E402
+import plots  # noqa: E402
+
+
+def make_vector(name, seed, origin="o", model="m", shape=(4, 3)):
+    return prompts.Vector(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), model, origin, name)
+
+
+def test_vector_algebra_identities():
+    a, b, c = make_vector("a", 1), make_vector("b", 2), make_vector("c", 3)
+    assert torch.allclose(prompts.add(a, b).tau, prompts.add(b, a).tau)
+    assert torch.allclose(prompts.add(prompts.add(a, b), c).tau, prompts.add(a, prompts.add(b, c)).tau)
+    assert torch.equal(prompts.add(a, prompts.neg(a)).tau, torch.zeros(4, 3))
+    assert torch.allclose(prompts.sub(a, b).tau, prompts.add(a, prompts.scale(b, -1)).tau)
+    assert torch.allclose(prompts.scale(prompts.add(a, b), 0.5).tau, 0.5 * a.tau + 0.5 * b.tau)
+    assert prompts.add(a, b, c).name == "a+b+c"
+    for other, message in ((make_vector("x", 4, origin="p"), "different initial prompts"),
+                           (make_vector("x", 4, model="n"), "different models"),
+                           (make_vector("x", 4, shape=(4, 5)), "differ in width"),
+                           (make_vector("x", 4, shape=(5, 3)), "differ in length")):
+        with pytest.raises(prompts.PromptError, match=message):
+            prompts.add(a, other)
+
+
+def test_apply_lambda_zero_is_the_origin_and_one_is_the_tuned_prompt(tmp_path):
+    init = torch.randn(4, 3)
+    tuned = init + torch.randn(4, 3)
+    prompts.save_prompt(str(tmp_path / "t.safetensors"), tuned, init, {"model": "m"})
+    v = prompts.vector(str(tmp_path / "t.safetensors"))
+    assert torch.equal(prompts.apply(init, v, 0.0), init)
+    torch.testing.assert_close(prompts.apply(init, v, 1.0), tuned, rtol=0, atol=1e-6)
+    with pytest.raises(prompts.PromptError, match="another initial prompt"):
+        prompts.apply(init + 1, v)
+    assert torch.equal(prompts.apply(init + 1, v, 1.0, check_origin=False), init + 1 + v.tau)
+
+
+def test_lambda_sweep_picks_the_best_mean_validation_score(monkeypatch):
+    tasks = [data.get_task("sst2"), data.get_task("rte")]
+    curve = {"sst2": lambda lam: 1 - (lam - 0.3) ** 2, "rte": lambda lam: 1 - (lam - 0.5) ** 2}
+    monkeypatch.setattr(experiments, "score", lambda model, tok, task, split, prompt, root, **kw:
+                        {"exact_match": curve[task.name](float(prompt[0, 0]))})
+    v = make_vector("v", 0, origin=prompts.init_key(torch.zeros(4, 3)))
+    v = v._replace(tau=torch.ones(4, 3))  # origin 0 + lam * 1: the prompt's first entry is lam itself
+    model = torch.nn.Linear(1, 1)
+    lam, sweep = experiments.lambda_sweep(model, None, tasks, torch.zeros(4, 3), v, None)
+    assert lam == 0.4 and len(sweep) == 21 and [s["lambda"] for s in sweep][:3] == [0.0, 0.05, 0.1]
+    assert sweep[8]["mean"] == max(s["mean"] for s in sweep)
+
+
+def test_cosine_definitions_on_hand_made_vectors():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+    assert experiments.cosine(a, b, "flat") == pytest.approx(0.0)  # (1 - 1) / (sqrt2 * sqrt2)
+    assert experiments.cosine(a, b, "mean") == pytest.approx(0.0)  # (.5,.5) vs (.5,-.5)
+    c = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    assert experiments.cosine(a, c, "flat") == pytest.approx(1 / 2 ** 0.5)
+    assert experiments.cosine(a, c, "mean") == pytest.approx(1 / 2 ** 0.5)
+    tensors = {("x", 0): a, ("x", 1): a, ("y", 0): b, ("y", 1): c}
+    m = experiments.similarity_matrix(tensors, ["x", "y"], [0, 1], "flat")
+    assert m[0][0] == pytest.approx(1.0)  # x on origin 0 vs x on origin 1
+    assert m[0][1] == pytest.approx((experiments.cosine(a, c, "flat") + experiments.cosine(a, b, "flat")) / 2)
+
+
+def test_svg_plots_parse_and_name_every_label():
+    names = ["mnli", "qnli", "yelp_polarity"]
+    svg = plots.heatmap([[1.0, 0.2, None], [0.2, 1.0, -0.5], [0.1, -0.5, 1.0]], names, names, "cosine & more")
+    root = ET.fromstring(svg)
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert all(texts.count(n) == 2 for n in names) and "cosine & more" in texts and "-0.50" in texts
+    svg = plots.line_chart({"random origin": [(0.5, 0.1), None], "mnli+qnli": [(0.7, 0.0), (0.8, 0.05)]},
+                           [0, 100], "scitail", "shots", "F1")
+    texts = [t.text for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+    assert {"random origin", "mnli+qnli", "scitail", "shots", "F1", "0", "100"} <= set(texts)
+
+
+def test_experiment_commands_end_to_end(tiny, tmp_path):
+    base = ["--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(tmp_path)]
+    quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
+    for origin in ("0", "1"):
+        for task in ("sst2", "rte"):
+            assert run_cli("train", task, "--origin", origin, *base, *quick).returncode == 0
+    results = str(tmp_path / "results")
+    result = run_cli("add", "sst2", "rte", *base)
+    assert result.returncode == 0, result.stderr
+    record = json.load(open(run_file(tmp_path, "sst2+rte.json")))
+    assert len(record["sweep"]) == 21 and set(record["relative"]) == {"sst2", "rte"}
+    summed, origin, _ = prompts.load_prompt(run_file(tmp_path, "sst2+rte.safetensors"))
+    expected = origin + record["lambda"] * sum(prompts.vector(run_file(tmp_path, f"{t}.safetensors")).tau
+                                               for t in ("sst2", "rte"))
+    torch.testing.assert_close(summed, expected)
+    assert run_cli("cross-origin", "sst2", "--results", results, *base).returncode == 0
+    assert set(json.load(open(tmp_path / "results" / "cross_origin.json"))["sst2"]["pairs"]) == {"0,0", "0,1", "1,0",
+                                                                                                 "1,1"}
+    assert run_cli("similarity", "--results", results, *base).returncode == 0
+    for kind in ("prompts", "vectors"):
+        for definition in ("flat", "mean"):
+            svg = ET.parse(tmp_path / "results" / f"similarity_{kind}_{definition}.svg").getroot()
+            assert {"sst2", "rte"} <= {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    assert run_cli("report", "--results", results, *base).returncode == 0
+    report = open(tmp_path / "results" / "README.md").read()
+    for heading in ("Single-task prompt tuning", "Zero-shot addition", "Cross-origin", "Cosine similarity"):
+        assert heading in report
+    # user mistakes
+    for args, message in ((["add", "sst2", "cola", *base], "python tpv.py train cola --origin 0"),
+                          (["add", "sst2", "rte", "--lambda", "2", *base], "--lambda 2 is out of range"),
+                          (["cross-origin", "rte", "--origins", "0,5", "--results", results, *base],
+                           "no trained prompt for rte on origin 5")):
+        result = run_cli(*args)
+        assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    other = run_file(tmp_path, "rte.safetensors")  # an rte prompt trained from another init than origin_0
+    p, i, meta = prompts.load_prompt(other)
+    prompts.save_prompt(other, p, i + 1, meta)
+    result = run_cli("add", "sst2", "rte", *base)
+    assert result.returncode == 2 and "different initial prompts" in result.stderr
+    (tmp_path / "model" / "origin_0" / "rte.safetensors").write_bytes(b"not a safetensors file")
+    result = run_cli("add", "sst2", "rte", *base)
+    assert result.returncode == 2 and "unreadable safetensors file" in result.stderr
+
+
+def test_export_loads_in_peft_and_import_round_trips(tiny, tmp_path):
+    from peft import PeftModel
+    from transformers import T5ForConditionalGeneration
+    base = ["--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(tmp_path)]
+    model = model_t5.load_t5(str(tiny / "model"))
+    init = prompts.embedding_rows(model, prompts.origin_token_ids(0, 50))
+    tuned = init + 0.1 * torch.randn(50, 32)
+    prompts.save_prompt(run_file(tmp_path, "sst2.safetensors"), tuned, init, {"model": str(tiny / "model")})
+    assert run_cli("export", "sst2", "--peft", str(tmp_path / "adapter"), *base).returncode == 0
+    peft_model = PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(str(tiny / "model")).eval(),
+                                           str(tmp_path / "adapter")).eval()
+    assert torch.equal(peft_model.get_prompt(batch_size=1)[0], tuned)  # PEFT's encoder input prompt is ours
+    ids, mask, labels = torch.randint(3, 32000, (2, 9)), torch.ones(2, 9, dtype=torch.long), torch.tensor([[5, 1]] * 2)
+    with torch.no_grad():
+        theirs = peft_model(input_ids=ids, attention_mask=mask, labels=labels).logits
+        ours = model(ids, model_t5.shift_right(labels), mask, prompt=tuned)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    # PEFT adapter -> prompt file; the official .bin releases (dict or bare tensor; 100 rows, encoder half first)
+    assert run_cli("import", str(tmp_path / "adapter"), "--task", "again", *base).returncode == 0
+    again, again_init, _ = prompts.load_prompt(run_file(tmp_path, "again.safetensors"))
+    assert torch.equal(again, tuned) and torch.equal(again_init, init)
+    official = torch.cat([tuned, torch.randn(50, 32)])
+    torch.save({"prompt_embeddings": official}, tmp_path / "sst2_text.bin")
+    torch.save(official, tmp_path / "bare.bin")
+    for name in ("sst2_text.bin", "bare.bin"):
+        assert run_cli("import", str(tmp_path / name), "--task", name[:-4], *base).returncode == 0
+        assert torch.equal(prompts.load_prompt(run_file(tmp_path, name[:-4] + ".safetensors"))[0], tuned)
+    (tmp_path / "evil.bin").write_bytes(b"\x80\x04cos\nsystem\n(S'echo hacked'\ntR.")  # a pickle that runs code
+    result = run_cli("import", str(tmp_path / "evil.bin"), "--task", "evil", *base)
+    assert result.returncode == 2 and "not an official prompt file" in result.stderr and "hacked" not in result.stdout
+
+
+@needs_shared
+def test_run_sh_quick_end_to_end_and_restartable(tmp_path):
+    options = ["--quick", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+               "--data-dir", str(tmp_path / "data"), "--samples", os.path.join(SHARED, "data"), "--jobs", "2"]
+    env = {**os.environ, "PYTHON": sys.executable}
+    first = subprocess.run(["bash", os.path.join(HERE, "run.sh"), *options], capture_output=True, text=True,
+                           env=env, timeout=1200)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    report = open(tmp_path / "results" / "README.md").read()
+    for heading in ("Single-task prompt tuning", "Zero-shot addition", "Cross-origin", "Cosine similarity",
+                    "Few-shot transfer"):
+        assert heading in report, heading
+    for init in ("random origin", "sst2", "cola", "sst2,cola", "sst2+cola"):
+        assert f"| {init} |" in report  # every initialisation of the few-shot table
+    ET.parse(tmp_path / "results" / "fewshot_rte.svg")
+    again = subprocess.run(["bash", os.path.join(HERE, "run.sh"), *options], capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert again.returncode == 0 and "[1/" not in again.stdout  # everything finished is skipped

@@ -11,15 +11,20 @@ Every command takes --offline (or TPV_OFFLINE=1) to forbid downloads. A user's m
 stderr and exit status 2.
 """
 import argparse
+import glob
 import json
 import os
+import pickle
+import re
 import sys
 import time
 
 import torch
 
 import data
+import experiments
 import hub
+import metrics
 import model_t5
 import prompts
 import train
@@ -60,9 +65,10 @@ def cmd_convert(args):
     if not os.path.exists(source):
         raise model_t5.CheckpointError(f"{source}: no such file (sharded .bin checkpoints are not supported)")
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # an unpickling error of any kind means: not a plain tensor file
-        raise model_t5.CheckpointError(f"{source}: not a plain state dict of tensors ({e})") from None
+        state = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        raise model_t5.CheckpointError(f"{source}: not a plain state dict of tensors "
+                                       f"({str(e).splitlines()[0]})") from None
     # safetensors refuses tensors that share memory (tied embeddings): keep one copy per storage
     seen, tensors = set(), {}
     for name, t in state.items():
@@ -248,6 +254,185 @@ def cmd_eval(args):
 
 
 # -----------------------------------------------------------------------------
+# task prompt vectors: the paper's experiments and interchange
+
+def eval_options(args, device):
+    autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
+    return {"scoring": args.scoring, "device": device, "autocast": autocast}
+
+
+def cmd_add(args):
+    tasks = [data.get_task(n) for n in args.tasks]
+    if args.lam != "auto" and not 0.0 <= float_or_fail(args.lam, "--lambda") <= 1.0:
+        raise prompts.PromptError(f"--lambda {args.lam} is out of range: use auto or a number in [0, 1] (the paper "
+                                  f"sweeps 0, 0.05, ..., 1)")
+    device = pick_device(args.device)
+    model, tokenizer = load_model(args, device)
+    files = [trained_prompt(args, t.name) for t in tasks]
+    for f in files:
+        p, _, meta = prompts.load_prompt(f)
+        prompts.check_fits(f, p, meta, args.model, model.config.d_model)
+    origin = prompts.load_prompt(files[0])[1]
+    summed = prompts.add(*[prompts.vector(f) for f in files])  # checks model, shape and origin
+    kw = eval_options(args, device)
+    if args.lam == "auto":
+        lam, sweep = experiments.lambda_sweep(model, tokenizer, tasks, origin, summed, args.data_dir, **kw)
+    else:
+        lam, sweep = float(args.lam), []
+    combined = prompts.apply(origin, summed, lam)
+    name = "+".join(t.name for t in tasks)
+    record = {"tasks": [t.name for t in tasks], "lambda": lam, "sweep": sweep, "test": {}, "single": {},
+              "relative": {}, "metrics": {}}
+    print(f"{name}: lambda {lam:.2f}" + (" (best mean validation score)" if sweep else ""))
+    print(f"{'task':14}{'sum':>8}{'single':>8}{'ratio':>8}")
+    for task, path in zip(tasks, files):
+        result = experiments.score(model, tokenizer, task, "test", combined.to(device), args.data_dir, **kw)
+        single = experiments.score(model, tokenizer, task, "test", prompts.load_prompt(path)[0].to(device),
+                                   args.data_dir, **kw)
+        ours, alone = metrics.headline(task, result), metrics.headline(task, single)
+        record["test"][task.name], record["single"][task.name] = ours, alone
+        record["relative"][task.name] = ours / alone if alone else 0.0
+        record["metrics"][task.name] = result
+        print(f"{task.name:14}{100 * ours:8.1f}{100 * alone:8.1f}{record['relative'][task.name]:8.2f}")
+    out = os.path.join(run_folder(args), name)
+    prompts.save_prompt(out + ".safetensors", combined, origin, {"task": name, "model": args.model,
+                                                                 "origin": str(args.origin), "lambda": str(lam)})
+    write_json(out + ".json", record)
+    print(f"wrote {out}.safetensors and {out}.json")
+
+
+def float_or_fail(text, option):
+    try:
+        return float(text)
+    except ValueError:
+        raise prompts.PromptError(f"{option} {text!r} is not a number") from None
+
+
+def trained_origins(args, name):
+    root = os.path.join(args.out, model_tag(args.model))
+    found = sorted(int(m.group(1)) for p in glob.glob(os.path.join(root, "origin_*", f"{name}.safetensors"))
+                   if (m := re.search(r"origin_(\d+)", p)))
+    wanted = [int(o) for o in args.origins.split(",")] if args.origins else found
+    missing = [o for o in wanted if o not in found]
+    if missing:
+        raise prompts.PromptError(f"no trained prompt for {name} on origin {missing[0]} (under {root}); train it "
+                                  f"with: python tpv.py train {name} --origin {missing[0]}")
+    return wanted
+
+
+def cmd_cross_origin(args):
+    device = pick_device(args.device)
+    model, tokenizer = load_model(args, device)
+    path = os.path.join(args.results, "cross_origin.json")
+    table = experiments.read_json(path) if os.path.exists(path) else {}
+    print(f"{'task':14}{'original':>16}{'mixed':>16}")
+    for name in args.tasks:
+        task = data.get_task(name)
+        origins = trained_origins(args, name)
+        if len(origins) < 2:
+            raise prompts.PromptError(f"cross-origin needs {name} trained on at least 2 origins, found {origins}")
+        files = {o: os.path.join(args.out, model_tag(args.model), f"origin_{o}", f"{name}.safetensors")
+                 for o in origins}
+        pairs = experiments.cross_origin(model, tokenizer, task, files, origins, args.data_dir,
+                                         **eval_options(args, device))
+        original, mixed = experiments.original_vs_mixed(pairs)
+        table[name] = {"original": original, "mixed": mixed, "pairs": {f"{i},{j}": v for (i, j), v in pairs.items()}}
+        print(f"{name:14}{original[0]:9.1f} ± {original[1]:4.1f}{mixed[0]:9.1f} ± {mixed[1]:4.1f}")
+    os.makedirs(args.results, exist_ok=True)
+    write_json(path, table)
+    print(f"wrote {path}")
+
+
+def cmd_similarity(args):
+    root = os.path.join(args.out, model_tag(args.model))
+    tasks = args.tasks or sorted({os.path.basename(p)[:-12] for p in glob.glob(os.path.join(root, "origin_*",
+                                                                                                "*.safetensors"))
+                                  if os.path.basename(p)[:-12] in data.TASKS})
+    if not tasks:
+        raise prompts.PromptError(f"no trained task prompts under {root}; train some with: python tpv.py train TASK")
+    found = {}
+    for name in tasks:
+        data.get_task(name)
+        for o in trained_origins(argparse.Namespace(**{**vars(args), "origins": args.origins}), name):
+            prompt, init, _ = prompts.load_prompt(os.path.join(root, f"origin_{o}", f"{name}.safetensors"))
+            found[name, o] = (prompt, init)
+    shapes = {p.shape for p, _ in found.values()}
+    if len(shapes) > 1:
+        raise prompts.PromptError(f"prompts of different shapes cannot be compared: {sorted(map(tuple, shapes))}")
+    origins = sorted({o for _, o in found})
+    kinds = {"prompts": {k: p for k, (p, _) in found.items()}, "vectors": {k: p - i for k, (p, i) in found.items()}}
+    print(experiments.write_similarity(args.results, kinds, list(tasks), origins))
+    print(f"wrote {args.results}/similarity_*.{{csv,svg}} and similarity.md")
+
+
+def cmd_report(args):
+    print(f"wrote {experiments.write_report(args.out, args.model, args.results)}")
+
+
+def cmd_import(args):
+    """Official released prompts (.bin: {"prompt_embeddings": T} or a bare tensor) or a PEFT prompt-tuning
+    adapter -> a tpv prompt file whose init is origin_<--origin> (PEFT never saves the init)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    source, n = args.file, args.prompt_len
+    try:
+        if os.path.isdir(source) or source.endswith(".safetensors"):
+            folder = source if os.path.isdir(source) else os.path.dirname(source)
+            config = json.load(open(os.path.join(folder, "adapter_config.json")))
+            if config.get("peft_type") != "PROMPT_TUNING":
+                raise prompts.PromptError(f"{folder}: a {config.get('peft_type')} adapter, not prompt tuning")
+            n = config["num_virtual_tokens"]
+            tensor = load_file(os.path.join(folder, "adapter_model.safetensors"))["prompt_embeddings"]
+        else:
+            loaded = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
+            tensor = loaded["prompt_embeddings"] if isinstance(loaded, dict) else loaded
+    except (OSError, KeyError, ValueError, SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        reason = str(e).splitlines()[0]
+        raise prompts.PromptError(f"{source}: not an official prompt file or PEFT prompt-tuning adapter "
+                                  f"({reason})") from None
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or tensor.shape[0] < n:
+        raise prompts.PromptError(f"{source}: expected a (rows >= {n}, d) tensor")
+    prompt = tensor[:n].detach().float()  # seq2seq prompts hold encoder rows first (then PEFT's unused decoder rows)
+    model, tokenizer = load_model(args)
+    prompts.check_fits(source, prompt, {}, args.model, model.config.d_model)
+    init = prompts.initial_prompt(model, tokenizer, f"origin:{args.origin}", n)
+    path = os.path.join(run_folder(args), f"{args.task}.safetensors")
+    prompts.save_prompt(path, prompt, init, {"task": args.task, "model": args.model, "origin": str(args.origin),
+                                             "imported_from": os.path.abspath(source)})
+    print(f"wrote {path} ({n} x {prompt.shape[1]}; init: origin_{args.origin})")
+
+
+def cmd_export(args):
+    """A prompt file -> a PEFT prompt-tuning adapter that PEFT loads (encoder rows only)."""
+    from safetensors.torch import save_file
+    path = args.file if os.path.exists(args.file) else trained_prompt(args, args.file)
+    prompt, _, meta = prompts.load_prompt(path)
+    os.makedirs(args.peft, exist_ok=True)
+    save_file({"prompt_embeddings": prompt.contiguous()}, os.path.join(args.peft, "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    config = {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": prompt.shape[0],
+              "token_dim": prompt.shape[1], "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM",
+              "base_model_name_or_path": meta.get("model", args.model), "inference_mode": True}
+    write_json(os.path.join(args.peft, "adapter_config.json"), config)
+    print(f"wrote {args.peft}/adapter_model.safetensors and adapter_config.json (the init is not part of PEFT's format)")
+
+
+def cmd_tiny_model(args):
+    """A small random T5 in Hugging Face's format with a real vocabulary, for smoke runs (run.sh --quick)."""
+    from safetensors.torch import save_file
+    cfg = model_t5.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    torch.manual_seed(args.seed)
+    model = model_t5.T5(cfg)
+    os.makedirs(args.dir, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.named_parameters()}, os.path.join(args.dir, "model.safetensors"),
+              metadata={"format": "pt"})  # named_parameters lists the tied embedding once, as shared.weight
+    write_json(os.path.join(args.dir, "config.json"), {"model_type": "t5", **cfg.to_dict()})
+    with open(args.spiece, "rb") as f, open(os.path.join(args.dir, "spiece.model"), "wb") as g:
+        g.write(f.read())
+    print(f"wrote a random tiny T5 to {args.dir}")
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 def fail(message):
@@ -341,6 +526,49 @@ def build_parser():
                    help="generation length (default: the longest label + 4; the paper: 128)")
     add_run_options(p)
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("add", parents=[common], help="add task prompt vectors: origin + lambda * (sum of vectors)")
+    p.add_argument("tasks", nargs="+")
+    p.add_argument("--lambda", dest="lam", default="auto", help="auto (sweep 0..1 on validation) or a number")
+    add_run_options(p)
+    p.set_defaults(run=cmd_add)
+
+    p = sub.add_parser("cross-origin", parents=[common], help="origin_i + vector_j for every pair of origins")
+    p.add_argument("tasks", nargs="+")
+    p.add_argument("--origins", default=None, help="comma list (default: every origin with a trained prompt)")
+    p.add_argument("--results", default="results")
+    add_run_options(p)
+    p.set_defaults(run=cmd_cross_origin)
+
+    p = sub.add_parser("similarity", parents=[common], help="cosine similarity of task prompts and vectors")
+    p.add_argument("tasks", nargs="*")
+    p.add_argument("--origins", default=None)
+    p.add_argument("--results", default="results")
+    add_run_options(p)
+    p.set_defaults(run=cmd_similarity)
+
+    p = sub.add_parser("report", parents=[common], help="write results/README.md from the runs")
+    p.add_argument("--results", default="results")
+    add_run_options(p)
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("import", parents=[common], help="an official .bin prompt or a PEFT adapter -> a prompt file")
+    p.add_argument("file")
+    p.add_argument("--task", required=True, help="the run name to write (runs/<model>/origin_<i>/<task>.safetensors)")
+    add_run_options(p)
+    p.set_defaults(run=cmd_import)
+
+    p = sub.add_parser("export", parents=[common], help="a prompt file -> a PEFT prompt-tuning adapter")
+    p.add_argument("file", help="a prompt file or a run name")
+    p.add_argument("--peft", required=True, help="the adapter folder to write")
+    add_run_options(p)
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("tiny-model", help="write a small random T5 (for smoke runs)")
+    p.add_argument("dir")
+    p.add_argument("--spiece", required=True, help="a T5 sentencepiece vocabulary (spiece.model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_tiny_model)
 
     p = sub.add_parser("convert", help="write model.safetensors beside a folder's pytorch_model.bin")
     p.add_argument("dir")

@@ -1,0 +1,243 @@
+"""
+The paper's experiments on trained prompts (spec: paper §6): zero-shot addition of task prompt vectors with the
+lambda sweep, cross-origin transfer, cosine similarity, and the report that gathers every table and plot
+(results/README.md) beside the paper's numbers. The commands in tpv.py load models and call these.
+"""
+import csv
+import glob
+import json
+import os
+import re
+
+import numpy as np
+import torch
+
+import data
+import metrics
+import plots
+import prompts
+import train
+
+LAMBDAS = [round(0.05 * k, 2) for k in range(21)]  # np.arange(0.0, 1.05, 0.05), the official sweep
+SHOTS = [0, 5, 10, 25, 50, 100, 250, 500, 750, 1000]
+
+# the paper's numbers (spec: paper §6), for the side-by-side tables
+PAPER_SINGLE = {"dbpedia": 99.1, "mnli": 85.4, "qnli": 93.3, "sst2": 93.8, "trec": 95.5, "yelp_polarity": 97.2}
+PAPER_ADDITION = {("mnli", "qnli"): (84.7, 90.1, .85), ("qnli", "sst2"): (93.0, 93.4, .65),
+                  ("qnli", "yelp_polarity"): (92.1, 96.0, .40), ("sst2", "yelp_polarity"): (91.2, 96.2, .49),
+                  ("dbpedia", "qnli"): (96.7, 78.8, .38), ("dbpedia", "mnli"): (77.3, 58.7, .74),
+                  ("mnli", "yelp_polarity"): (61.4, 94.8, .51), ("qnli", "trec"): (92.9, 14.9, .60),
+                  ("mnli", "sst2"): (85.0, 8.7, .82), ("dbpedia", "yelp_polarity"): (0.7, 94.9, .84)}
+PAPER_CROSS_ORIGIN = {"qnli": (93.3, 93.2), "mnli": (85.4, 85.3), "trec": (95.5, 26.5), "dbpedia": (99.1, 99.0),
+                      "sst2": (93.8, 93.2), "yelp_polarity": (97.2, 97.1)}
+PAPER_FEWSHOT = {  # F1 at 0 / 100 shots: random, TPV sum (paper §6b)
+    "scitail": ((54.9, 75.6), (71.5, 88.1)), "snli": ((46.5, 47.6), (79.2, 80.3)),
+    "ag_news": ((0, 50.4), (0, 83.0)), "yahoo": ((0, 27.6), (0, 61.1)), "imdb": ((77.2, 89.4), (90.1, 90.4))}
+
+
+def score(model, tokenizer, task, split, prompt, root, **kw):
+    tokens, rows = data.split_tokens(task, split, tokenizer, root)
+    return train.evaluate(model, task, tokens, rows, tokenizer, prompt, **kw)[0]
+
+
+# -----------------------------------------------------------------------------
+# zero-shot addition (paper §6c)
+
+def lambda_sweep(model, tokenizer, tasks, origin, summed, root, lambdas=LAMBDAS, **kw):
+    """origin + lam * sum for each lam, scored on every task's validation set; the best lam maximises the mean
+    headline metric (exact match; Pearson for STS-B), the first one on ties, as np.argmax picks."""
+    sweep = []
+    for lam in lambdas:
+        prompt = prompts.apply(origin, summed, lam).to(next(model.parameters()).device)
+        scores = {t.name: metrics.headline(t, score(model, tokenizer, t, "validation", prompt, root, **kw))
+                  for t in tasks}
+        sweep.append({"lambda": lam, **scores, "mean": float(np.mean(list(scores.values())))})
+    best = max(sweep, key=lambda s: s["mean"])  # max() keeps the first of equal values
+    return best["lambda"], sweep
+
+
+# -----------------------------------------------------------------------------
+# cross-origin (paper §6a/d): origin_i + tau_j for every pair of trained origins
+
+def cross_origin(model, tokenizer, task, files, origins, root, **kw):
+    """files: {origin: prompt file}. -> {(i, j): headline test metric of origin_i + tau_j}."""
+    device = next(model.parameters()).device
+    inits = {i: prompts.load_prompt(files[i])[1] for i in origins}
+    vectors = {j: prompts.vector(files[j]) for j in origins}
+    return {(i, j): metrics.headline(task, score(model, tokenizer, task, "test",
+                                                 prompts.apply(inits[i], vectors[j], check_origin=False).to(device),
+                                                 root, **kw))
+            for i in origins for j in origins}
+
+
+def original_vs_mixed(table):
+    original = [v for (i, j), v in table.items() if i == j]
+    mixed = [v for (i, j), v in table.items() if i != j]
+    stats = lambda xs: (100 * float(np.mean(xs)), 100 * float(np.std(xs))) if xs else (float("nan"), 0.0)
+    return stats(original), stats(mixed)
+
+
+# -----------------------------------------------------------------------------
+# cosine similarity (paper §6a): flattened (v1) and token-averaged (HEAD) definitions
+
+def cosine(a, b, definition):
+    if definition == "mean":  # eval_cross_origin.py at HEAD: cosine of the mean over tokens
+        a, b = a.mean(0), b.mean(0)
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def similarity_matrix(tensors, tasks, origins, definition):
+    """tensors[(task, origin)] -> task x task matrix: mean over origin pairs i != j (cross-origin, as the paper's
+    averages), or over i == j when only one origin exists (then the diagonal is 1 by definition)."""
+    pairs = [(i, j) for i in origins for j in origins if i != j] or [(o, o) for o in origins]
+    matrix = []
+    for a in tasks:
+        row = []
+        for b in tasks:
+            values = [cosine(tensors[a, i], tensors[b, j], definition) for i, j in pairs
+                      if (a, i) in tensors and (b, j) in tensors]
+            row.append(float(np.mean(values)) if values else None)
+        matrix.append(row)
+    return matrix
+
+
+def write_similarity(out_dir, tensors_by_kind, tasks, origins):
+    """CSV, markdown and SVG heatmap for prompts and vectors, flattened and token-mean. Returns the markdown."""
+    os.makedirs(out_dir, exist_ok=True)
+    sections = []
+    for kind, tensors in tensors_by_kind.items():
+        for definition in ("flat", "mean"):
+            matrix = similarity_matrix(tensors, tasks, origins, definition)
+            stem = os.path.join(out_dir, f"similarity_{kind}_{definition}")
+            with open(stem + ".csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["task"] + tasks)
+                for task, row in zip(tasks, matrix):
+                    writer.writerow([task] + ["" if v is None else f"{v:.4f}" for v in row])
+            title = f"cosine of task {'prompts' if kind == 'prompts' else 'prompt vectors'} ({definition})"
+            with open(stem + ".svg", "w") as f:
+                f.write(plots.heatmap(matrix, tasks, tasks, title))
+            table = markdown_table(["", *tasks], [[t, *["–" if v is None else f"{v:.2f}" for v in row]]
+                                                   for t, row in zip(tasks, matrix)])
+            sections.append(f"### {title}\n\n![{title}]({os.path.basename(stem)}.svg)\n\n{table}\n")
+    text = "\n".join(sections)
+    with open(os.path.join(out_dir, "similarity.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+# -----------------------------------------------------------------------------
+# the report: every table and plot, beside the paper's numbers
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def main_metric(task, result):
+    """F1 (binary) or macro-F1 (multi-class), as the few-shot tables report; Pearson for STS-B."""
+    return result.get("f1", result.get("macro_f1", result.get("pearson", 0.0)))
+
+
+def mean_std(values):
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}" if values else "–"
+
+
+def addition_section(model_dir):
+    rows = []
+    for path in sorted(glob.glob(os.path.join(model_dir, "origin_*", "*+*.json"))):
+        record = read_json(path)
+        if "lambda" not in record:
+            continue
+        a, b = record["tasks"]
+        paper = PAPER_ADDITION.get((a, b)) or PAPER_ADDITION.get((b, a))
+        paper_text = f"{paper[0]} / {paper[1]} (λ {paper[2]})" if paper else "–"
+        rows.append([f"{a}+{b}", os.path.basename(os.path.dirname(path)),
+                     f"{100 * record['test'][a]:.1f} / {100 * record['test'][b]:.1f}", f"{record['lambda']:.2f}",
+                     f"{record['relative'][a]:.2f} / {record['relative'][b]:.2f}", paper_text])
+    if not rows:
+        return ""
+    return ("## Zero-shot addition (paper §6c)\n\nTest exact match (Pearson for STS-B) ×100 of origin + λ(τa + τb), λ "
+            "chosen on validation; relative = sum / single-task prompt.\n\n"
+            + markdown_table(["pair", "origin", "ours A / B", "λ", "relative A / B", "paper A / B"], rows) + "\n")
+
+
+def fewshot_section(model_dir, out_dir):
+    """Mean ± std over origins of F1 per target, init and shots; a table and an SVG curve per target."""
+    runs = {}
+    for path in glob.glob(os.path.join(model_dir, "origin_*", "*shots*.json")):
+        m = re.fullmatch(r"(\w+)_(\d+)shots(?:_init-(.+))?\.json", os.path.basename(path))
+        if not m:
+            continue
+        target, shots, init = m.group(1), int(m.group(2)), m.group(3) or "random origin"
+        result = read_json(path)["test"].get(target)
+        if result:
+            runs.setdefault(target, {}).setdefault(init, {}).setdefault(shots, []).append(
+                main_metric(data.TASKS[target], result))
+    if not runs:
+        return ""
+    text = ["## Few-shot transfer (paper §6b)\n\nTest F1 ×100 (macro-F1 for multi-class), mean ± std over origins.\n"]
+    for target, inits in sorted(runs.items()):
+        shots = sorted({s for by_shots in inits.values() for s in by_shots})
+        rows = [[init] + [mean_std(by_shots.get(s, [])) for s in shots] for init, by_shots in sorted(inits.items())]
+        paper = PAPER_FEWSHOT.get(target)
+        note = (f"\nPaper at 0 / 100 shots: random {paper[0][0]} / {paper[0][1]}, TPV sum {paper[1][0]} / "
+                f"{paper[1][1]}.\n" if paper else "")
+        series = {init: [(100 * np.mean(by_shots[s]), 100 * np.std(by_shots[s])) if s in by_shots else None
+                         for s in shots] for init, by_shots in sorted(inits.items())}
+        with open(os.path.join(out_dir, f"fewshot_{target}.svg"), "w") as f:
+            f.write(plots.line_chart(series, shots, f"{target}: F1 vs shots", "shots", "F1"))
+        text.append(f"### {target}\n\n![{target}](fewshot_{target}.svg)\n\n"
+                    + markdown_table(["init", *shots], rows) + "\n" + note)
+    return "\n".join(text)
+
+
+def cross_origin_section(out_dir):
+    path = os.path.join(out_dir, "cross_origin.json")
+    if not os.path.exists(path):
+        return ""
+    rows = []
+    for task, entry in read_json(path).items():
+        paper = PAPER_CROSS_ORIGIN.get(task)
+        rows.append([task, f"{entry['original'][0]:.1f} ± {entry['original'][1]:.1f}",
+                     f"{entry['mixed'][0]:.1f} ± {entry['mixed'][1]:.1f}",
+                     f"{paper[0]} / {paper[1]}" if paper else "–"])
+    return ("## Cross-origin (paper §6a)\n\nTest exact match ×100 of origin_i + τ_i (original) and origin_i + τ_j, "
+            "j ≠ i (mixed), mean ± std over origin pairs.\n\n"
+            + markdown_table(["task", "original", "mixed", "paper original / mixed"], rows) + "\n")
+
+
+def write_report(runs_dir, model, out_dir):
+    """results/README.md from what the runs left behind."""
+    os.makedirs(out_dir, exist_ok=True)
+    model_dir = os.path.join(runs_dir, os.path.basename(os.path.normpath(model)))
+    singles = []
+    for path in sorted(glob.glob(os.path.join(model_dir, "origin_*", "*.json"))):
+        name = os.path.basename(path)[:-5]
+        if name in data.TASKS:
+            result = read_json(path)["test"][name]
+            singles.append((name, os.path.basename(os.path.dirname(path)), metrics.headline(data.TASKS[name], result)))
+    by_task = {}
+    for name, _, value in singles:
+        by_task.setdefault(name, []).append(value)
+    parts = [f"# Results: {model}\n\nWritten by `python tpv.py report` from `{model_dir}`.\n"]
+    if by_task:
+        parts.append("## Single-task prompt tuning\n\nTest exact match (Pearson for STS-B) ×100, mean ± std over "
+                     "origins.\n\n" + markdown_table(
+                         ["task", "origins", "ours", "paper"],
+                         [[t, len(v), mean_std(v), PAPER_SINGLE.get(t, "–")] for t, v in sorted(by_task.items())]) + "\n")
+    parts += [addition_section(model_dir), cross_origin_section(out_dir)]
+    if os.path.exists(os.path.join(out_dir, "similarity.md")):
+        with open(os.path.join(out_dir, "similarity.md")) as f:
+            parts.append("## Cosine similarity (paper §6a)\n\n" + f.read())
+    parts.append(fewshot_section(model_dir, out_dir))
+    path = os.path.join(out_dir, "README.md")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(p for p in parts if p))
+    os.replace(path + ".tmp", path)
+    return path
