@@ -47,20 +47,45 @@ def make_models(shape, dtype):
     return ours, hf.requires_grad_(False)
 
 
-def step_ours(model, ids, labels, prompt, autocast):
-    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-        logits = model(ids, model_t5.shift_right(labels), prompt=prompt)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-    loss.backward()
-    return loss
+def training_steps(ours, hf, ids, labels, init, autocast):
+    """{name: one prompt-tuning step (forward, loss, backward, AdamW update)} on the same batch and weights."""
+    ctx = lambda: torch.autocast("cpu", torch.bfloat16, enabled=autocast)
+    prompt_ours, prompt_hf = (init.clone().requires_grad_() for _ in range(2))
+    optimizers = {}
 
+    def update(name, params, loss):
+        loss.backward()
+        optimizers.setdefault(name, torch.optim.AdamW(params, lr=0.3, weight_decay=1e-5)).step()
+        optimizers[name].zero_grad(set_to_none=True)
+        return loss.item()
 
-def step_hf(model, ids, labels, prompt, autocast):
-    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-        embeds = torch.cat([prompt.expand(ids.shape[0], -1, -1).to(model.dtype), model.shared(ids)], dim=1)
-        loss = model(inputs_embeds=embeds, labels=labels).loss
-    loss.backward()
-    return loss
+    def ours_step():
+        with ctx():
+            logits = ours(ids, model_t5.shift_right(labels), prompt=prompt_ours)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return update("ours", [prompt_ours], loss)
+
+    def hf_step():  # the same work: the prompt given to transformers as inputs_embeds
+        with ctx():
+            embeds = torch.cat([prompt_hf.expand(ids.shape[0], -1, -1).to(hf.dtype), hf.shared(ids)], dim=1)
+            loss = hf(inputs_embeds=embeds, labels=labels).loss
+        return update("transformers", [prompt_hf], loss)
+
+    steps = {"ours": ours_step, "transformers": hf_step}
+    try:
+        from peft import PromptTuningConfig, get_peft_model
+    except ImportError:
+        return steps
+    # the official recipe: PEFT prompt tuning, which for seq2seq also prepends n vectors to the decoder
+    peft_model = get_peft_model(hf, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=init.shape[0]))
+    peft_params = [p for p in peft_model.parameters() if p.requires_grad]
+
+    def peft_step():
+        with ctx():
+            loss = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        return update("transformers + PEFT", peft_params, loss)
+    steps["transformers + PEFT"] = peft_step
+    return steps
 
 
 def parity(args):
@@ -140,33 +165,28 @@ def timed(fn):
 
 def step(args):
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    autocast = args.precision == "bf16-autocast"
     ours, hf = make_models(args.shape, dtype)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
     labels = torch.randint(3, 32000, (args.batch, args.tgt), generator=g)
     init = torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5
     tokens = args.batch * (args.src + args.prompt + args.tgt)
-
-    times = {"ours": [], "transformers": []}
-    losses = {}
-    for r in range(args.repeats + 1):  # the first round warms up and is not counted
-        for name, step, model in (("ours", step_ours, ours), ("transformers", step_hf, hf)):
-            prompt = init.clone().requires_grad_()
+    steps = training_steps(ours, hf, ids, labels, init, args.precision == "bf16-autocast")
+    times, losses = {name: [] for name in steps}, {}
+    for r in range(args.repeats + 1):  # the first round warms up and is not counted; rounds interleave
+        for name, fn in steps.items():
             t0 = time.perf_counter()
-            losses[name] = step(model, ids, labels, prompt, autocast).item()
+            losses[name] = fn()
             if r:
                 times[name].append(time.perf_counter() - t0)
-
-    print(f"prompt-tuning step (forward + backward), {args.shape} shape, batch {args.batch}, {args.src} source + "
-          f"{args.prompt} prompt + {args.tgt} target tokens, {args.precision}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}")
-    print(f"{'':14}{'s/step':>9}{'tokens/s':>10}{'loss':>10}")
+    print(f"prompt-tuning step (forward, backward, AdamW), {args.shape} shape, batch {args.batch}, {args.src} source "
+          f"+ {args.prompt} prompt + {args.tgt} target tokens, {args.precision}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}; transformers {transformers_version()}")
+    print(f"{'':22}{'s/step':>9}{'tokens/s':>10}{'ours is':>10}")
+    ours_time = statistics.median(times["ours"])
     for name, ts in times.items():
         median = statistics.median(ts)
-        print(f"{name:14}{median:9.3f}{tokens / median:10,.0f}{losses[name]:10.4f}")
-    ratio = statistics.median(times["transformers"]) / statistics.median(times["ours"])
-    print(f"speed-up of ours over transformers {transformers_version()}: {ratio:.2f}x")
+        print(f"{name:22}{median:9.3f}{tokens / median:10,.0f}{median / ours_time:9.2f}x")
 
 
 def transformers_version():
