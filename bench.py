@@ -6,6 +6,7 @@ Benchmarks, side by side in one run on the same random weights: our T5 against H
     python bench.py parity                 # logit differences per config family, fp32 and bf16
     python bench.py data                   # prepare and tokenisation speed, padding of our batches vs 256
     python bench.py eval                   # evaluation examples/s: greedy generation and rank scoring
+    python bench.py epoch                  # one epoch over the MNLI and SST-2 samples vs padding to 256
 
 `step` measures forward, loss and backward to the prompt, and reports medians over repeats.
 Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
@@ -15,6 +16,7 @@ import statistics
 import tempfile
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +47,22 @@ def make_models(shape, dtype):
         ours = model_t5.load_t5(folder, dtype=dtype)
         hf = T5ForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
     return ours, hf.requires_grad_(False)
+
+
+def forward_flops(cfg, batch, src, tgt):
+    """Matrix-multiply FLOPs of one forward pass (2 per multiply-add); src counts prompt + source tokens."""
+    inner, ff = cfg.num_heads * cfg.d_kv, (3 if cfg.is_gated_act else 2) * cfg.d_model * cfg.d_ff
+    enc = cfg.num_layers * src * (4 * cfg.d_model * inner + ff + 2 * src * inner)
+    dec = cfg.num_decoder_layers * (tgt * (6 * cfg.d_model * inner + ff + 2 * tgt * inner + 2 * src * inner)
+                                    + src * 2 * cfg.d_model * inner)  # cross-attention keys/values of the encoder
+    return 2 * batch * (enc + dec + tgt * cfg.d_model * cfg.vocab_size)
+
+
+def matmul_rate(dtype, n=2048, repeats=5):
+    """FLOP/s of this machine's (n x n) @ (n x n), the best of a few tries."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    return 2 * n ** 3 / min(timed(lambda: a @ b) for _ in range(repeats))
 
 
 def training_steps(ours, hf, ids, labels, init, autocast):
@@ -137,24 +155,69 @@ def eval_speed(args):
     """Examples/s of our evaluation (encoder once, then greedy decoding with the cache, or one packed pass
     over the label words) on random weights of a shape, with SST-2's label words (2 tokens + EOS each)."""
     import train
-    ours, _ = make_models(args.shape, torch.float32)
+    ours, hf = make_models(args.shape, torch.float32)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
     mask = torch.ones_like(ids)
     prompt = torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5
     labels = [[2841, 1], [1465, 1]]  # "negative", "positive" in T5's vocabulary
+    methods = {"greedy (7 new tokens)": lambda: model_t5.generate_greedy(ours, ids, mask, prompt, 7),
+               "rank (2 label words)": lambda: model_t5.score_candidates(ours, ids, mask, prompt, labels)}
+    try:
+        from peft import PromptTuningConfig, get_peft_model
+        peft_model = get_peft_model(hf, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=args.prompt))
+        with torch.no_grad():
+            peft_model.prompt_encoder.default.embedding.weight[:args.prompt] = prompt
+        methods["PEFT generate (7 new)"] = lambda: peft_model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=7, min_new_tokens=7, do_sample=False, num_beams=1)
+    except ImportError:
+        pass
     print(f"evaluation, {args.shape} shape, batch {args.batch}, {args.src} source + {args.prompt} prompt tokens, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'':28}{'s/batch':>9}{'examples/s':>12}")
     for precision in ("fp32", "bf16"):
         autocast, _ = train.autocast_for(precision, torch.device("cpu"))
-        for name, fn in (("greedy (7 new tokens)", lambda: model_t5.generate_greedy(ours, ids, mask, prompt, 7)),
-                         ("rank (2 label words)", lambda: model_t5.score_candidates(ours, ids, mask, prompt, labels))):
+        for name, fn in methods.items():
             with torch.no_grad(), autocast():
                 fn()
                 times = [timed(fn) for _ in range(args.repeats)]
             median = statistics.median(times)
             print(f"{name + ', ' + precision:28}{median:9.3f}{args.batch / median:12.1f}")
+
+
+def epoch_speed(args):
+    """One training epoch (forward, backward, AdamW per batch) over a real dataset sample, t5-small shape: our
+    length-bucketed, dynamically padded batches vs the official recipe's padding of every input to 256."""
+    import data
+    ours, _ = make_models(args.shape, torch.float32)
+    tokenizer = model_t5.load_tokenizer(args.tokenizer)
+    print(f"one epoch of prompt tuning, {args.shape} shape, batch {args.batch}, 50 prompt vectors, fp32, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'sample':10}{'examples':>9}{'batches':>8}{'ours s':>9}{'pad-256 s':>11}{'speed-up':>10}")
+    for name in args.tasks.split(","):
+        task = data.get_task(name)
+        splits, _ = data.read_task(task, f"{args.samples}/{name}")
+        tokens = data.tokenize(task, splits["train"], tokenizer)
+        lengths = data.lengths(tokens)
+        prompt = torch.nn.Parameter(torch.randn(50, ours.config.d_model) * 0.5)
+        optimizer = torch.optim.AdamW([prompt], lr=0.3, weight_decay=1e-5)
+
+        def run_epoch(batches, pad_to):
+            for idx in batches:
+                batch = data.collate(tokens, idx)
+                ids, mask = batch["input_ids"], batch["attention_mask"]
+                if pad_to:  # the official preprocessor: padding="max_length", max_length=256
+                    ids = F.pad(ids, (0, pad_to - ids.shape[1]))
+                    mask = F.pad(mask, (0, pad_to - mask.shape[1]))
+                logits = ours(ids, model_t5.shift_right(batch["labels"]), mask, prompt=prompt)
+                F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        bucketed = data.epoch_batches(lengths, args.batch, seed=42, epoch=0)
+        shuffled = np.array_split(np.random.default_rng(42).permutation(len(lengths)), len(bucketed))
+        ours_s = timed(lambda: run_epoch(bucketed, None))
+        fixed_s = timed(lambda: run_epoch(shuffled, data.MAX_SOURCE))
+        print(f"{name:10}{len(lengths):9,}{len(bucketed):8}{ours_s:9.1f}{fixed_s:11.1f}{fixed_s / ours_s:9.1f}x")
 
 
 def timed(fn):
@@ -187,6 +250,12 @@ def step(args):
     for name, ts in times.items():
         median = statistics.median(ts)
         print(f"{name:22}{median:9.3f}{tokens / median:10,.0f}{median / ours_time:9.2f}x")
+    # the backward pass needs input gradients only (the weights are frozen): about one more forward
+    flops = 2 * forward_flops(ours.config, args.batch, args.src + args.prompt, args.tgt)
+    peak = matmul_rate(torch.bfloat16 if args.precision != "fp32" else torch.float32)
+    print(f"ours: {flops / 1e9:,.0f} GFLOP per step, {flops / ours_time / 1e9:,.1f} GFLOP/s = "
+          f"{flops / ours_time / peak:.0%} of this machine's {'bf16' if args.precision != 'fp32' else 'fp32'} "
+          f"matmul rate ({peak / 1e9:,.0f} GFLOP/s, 2048^3)")
 
 
 def transformers_version():
@@ -225,6 +294,13 @@ def main():
     p.add_argument("--prompt", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(run=eval_speed)
+    p = sub.add_parser("epoch", help="one epoch over real samples: bucketed batches vs padding to 256")
+    p.add_argument("--shape", choices=SHAPES, default="t5-small")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--samples", default="../shared/data")
+    p.add_argument("--tokenizer", default="../shared/assets/t5-spiece.model")
+    p.add_argument("--tasks", default="mnli,sst2")
+    p.set_defaults(run=epoch_speed)
     args = parser.parse_args()
     args.run(args)
 
