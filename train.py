@@ -9,6 +9,7 @@ Checkpoints hold everything a run needs to continue bit for bit (prompt, optimiz
 states, data position); data parallel runs (torchrun) split each global batch across ranks and sum the
 prompt's gradient, so N processes compute what one process computes.
 """
+import hashlib
 import json
 import math
 import os
@@ -77,12 +78,11 @@ def distributed():
 
 
 def config_hash(model):
-    import hashlib
     return hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 # -----------------------------------------------------------------------------
-# data of a run
+# losses
 
 def batch_loss(model, batch, prompt, autocast, device):
     """Summed cross-entropy over the batch's target tokens (labels are -100 on padding)."""
