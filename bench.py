@@ -7,11 +7,13 @@ Benchmarks, side by side in one run on the same random weights: our T5 against H
     python bench.py data                   # prepare and tokenisation speed, padding of our batches vs 256
     python bench.py eval                   # evaluation examples/s: greedy generation and rank scoring
     python bench.py epoch                  # one epoch over the MNLI and SST-2 samples vs padding to 256
+    python bench.py memory                 # peak resident memory of each variant's training step
 
 `step` measures forward, loss and backward to the prompt, and reports medians over repeats.
 Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
 """
 import argparse
+import resource
 import statistics
 import tempfile
 import time
@@ -220,6 +222,18 @@ def epoch_speed(args):
         print(f"{name:10}{len(lengths):9,}{len(bucketed):8}{ours_s:9.1f}{fixed_s:11.1f}{fixed_s / ours_s:9.1f}x")
 
 
+def memory(args):
+    """Peak resident memory of each variant's training steps, each in a process of its own (same weights)."""
+    import subprocess
+    import sys
+    print(f"peak resident memory, 2 training steps, {args.shape} shape, batch {args.batch}, {args.src} source + "
+          f"50 prompt + 3 target tokens, fp32")
+    for name in ("ours", "transformers", "transformers + PEFT"):
+        out = subprocess.run([sys.executable, __file__, "step", "--shape", args.shape, "--batch", str(args.batch),
+                              "--src", str(args.src), "--only", name], capture_output=True, text=True, check=True)
+        print(f"{name:22}{out.stdout.split('peak_rss_mb')[-1].strip():>8} MB")
+
+
 def timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -235,6 +249,11 @@ def step(args):
     init = torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5
     tokens = args.batch * (args.src + args.prompt + args.tgt)
     steps = training_steps(ours, hf, ids, labels, init, args.precision == "bf16-autocast")
+    if args.only:  # one variant alone, for its peak memory (see `bench.py memory`)
+        for _ in range(2):
+            steps[args.only]()
+        print(f"peak_rss_mb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+        return
     times, losses = {name: [] for name in steps}, {}
     for r in range(args.repeats + 1):  # the first round warms up and is not counted; rounds interleave
         for name, fn in steps.items():
@@ -275,7 +294,13 @@ def main():
     p.add_argument("--precision", choices=["fp32", "bf16-autocast", "bf16"], default="fp32",
                    help="fp32 weights; fp32 weights under bf16 autocast; or bf16 weights")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=step)
+    p = sub.add_parser("memory", help="peak resident memory of each variant's training step")
+    p.add_argument("--shape", choices=SHAPES, default="t5-small")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--src", type=int, default=256)
+    p.set_defaults(run=memory)
     p = sub.add_parser("parity", help="logit differences against transformers per config family")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--src", type=int, default=128)
