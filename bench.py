@@ -191,11 +191,20 @@ def epoch_speed(args):
     """One training epoch (forward, backward, AdamW per batch) over a real dataset sample, t5-small shape: our
     length-bucketed, dynamically padded batches vs the official recipe's padding of every input to 256."""
     import data
-    ours, _ = make_models(args.shape, torch.float32)
+    import train
+    ours, hf = make_models(args.shape, torch.float32)
     tokenizer = model_t5.load_tokenizer(args.tokenizer)
-    print(f"one epoch of prompt tuning, {args.shape} shape, batch {args.batch}, 50 prompt vectors, fp32, "
+    peft_model = None
+    try:
+        from peft import PromptTuningConfig, get_peft_model
+        peft_model = get_peft_model(hf, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=50))
+    except ImportError:
+        pass
+    print(f"one epoch of prompt tuning, then one evaluation pass (greedy, {args.new_tokens} new tokens, batch 64), "
+          f"over each sample's training rows; {args.shape} shape, batch {args.batch}, 50 prompt vectors, fp32, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'sample':10}{'examples':>9}{'batches':>8}{'ours s':>9}{'pad-256 s':>11}{'speed-up':>10}")
+    print(f"{'sample':10}{'examples':>9}{'train: ours s':>15}{'pad-256 s':>11}{'speed-up':>10}"
+          f"{'eval: ours ex/s':>17}{'PEFT pad-256 ex/s':>19}{'speed-up':>10}")
     for name in args.tasks.split(","):
         task = data.get_task(name)
         splits, _ = data.read_task(task, f"{args.samples}/{name}")
@@ -219,7 +228,23 @@ def epoch_speed(args):
         shuffled = np.array_split(np.random.default_rng(42).permutation(len(lengths)), len(bucketed))
         ours_s = timed(lambda: run_epoch(bucketed, None))
         fixed_s = timed(lambda: run_epoch(shuffled, data.MAX_SOURCE))
-        print(f"{name:10}{len(lengths):9,}{len(bucketed):8}{ours_s:9.1f}{fixed_s:11.1f}{fixed_s / ours_s:9.1f}x")
+        line = f"{name:10}{len(lengths):9,}{ours_s:15.1f}{fixed_s:11.1f}{fixed_s / ours_s:9.1f}x"
+        # evaluation: ours sorts by length and pads each batch to its longest; the official run padded to 256
+        ours_eval = timed(lambda: train.predict(ours, task, tokens, tokenizer, prompt.detach(), "generate",
+                                                max_new_tokens=args.new_tokens, label=name))
+        line += f"{len(lengths) / ours_eval:17.1f}"
+        if peft_model is not None:
+            def peft_eval():
+                for start in range(0, len(lengths), 64):
+                    batch = data.collate(tokens, np.arange(start, min(start + 64, len(lengths))))
+                    ids = F.pad(batch["input_ids"], (0, data.MAX_SOURCE - batch["input_ids"].shape[1]))
+                    mask = F.pad(batch["attention_mask"], (0, data.MAX_SOURCE - batch["attention_mask"].shape[1]))
+                    with torch.no_grad():
+                        peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new_tokens,
+                                            min_new_tokens=args.new_tokens, do_sample=False, num_beams=1)
+            peft_s = timed(peft_eval)
+            line += f"{len(lengths) / peft_s:19.1f}{peft_s / ours_eval:9.1f}x"
+        print(line)
 
 
 def memory(args):
@@ -325,6 +350,7 @@ def main():
     p.add_argument("--samples", default="../shared/data")
     p.add_argument("--tokenizer", default="../shared/assets/t5-spiece.model")
     p.add_argument("--tasks", default="mnli,sst2")
+    p.add_argument("--new-tokens", type=int, default=7, help="decoding steps of both evaluations")
     p.set_defaults(run=epoch_speed)
     args = parser.parse_args()
     args.run(args)
