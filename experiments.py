@@ -30,6 +30,11 @@ PAPER_ADDITION = {("mnli", "qnli"): (84.7, 90.1, .85), ("qnli", "sst2"): (93.0, 
                   ("mnli", "sst2"): (85.0, 8.7, .82), ("dbpedia", "yelp_polarity"): (0.7, 94.9, .84)}
 PAPER_CROSS_ORIGIN = {"qnli": (93.3, 93.2), "mnli": (85.4, 85.3), "trec": (95.5, 26.5), "dbpedia": (99.1, 99.0),
                       "sst2": (93.8, 93.2), "yelp_polarity": (97.2, 97.1)}
+PAPER_SIMILARITY = (  # same task, different origins (paper §6a)
+    "Paper, same task across origins: flattened TPV cosine (v1, 10 origins) DBPedia .09, MNLI .09, QNLI .09, "
+    "SST2 .10, TREC .06, Yelp .08 (cross-task .01–.05); token-mean cosine (v3, 3 origins), task prompts / TPVs: "
+    "CoLA .81/.79, DBPedia .89/.88, MNLI .81/.78, MRPC .81/.78, QNLI .76/.72, QQP .88/.87, RTE .81/.77, "
+    "SST2 .80/.78, STS-B .78/.67, TREC .80/.70, Yelp .88/.87.")
 PAPER_FEWSHOT = {  # F1 at 0 / 100 shots: random, TPV sum (paper §6b)
     "scitail": ((54.9, 75.6), (71.5, 88.1)), "snli": ((46.5, 47.6), (79.2, 80.3)),
     "ag_news": ((0, 50.4), (0, 83.0)), "yahoo": ((0, 27.6), (0, 61.1)), "imdb": ((77.2, 89.4), (90.1, 90.4))}
@@ -234,7 +239,7 @@ def write_report(runs_dir, model, out_dir):
     parts += [addition_section(model_dir), cross_origin_section(out_dir)]
     if os.path.exists(os.path.join(out_dir, "similarity.md")):
         with open(os.path.join(out_dir, "similarity.md")) as f:
-            parts.append("## Cosine similarity (paper §6a)\n\n" + f.read())
+            parts.append(f"## Cosine similarity (paper §6a)\n\n{PAPER_SIMILARITY}\n\n" + f.read())
     parts.append(fewshot_section(model_dir, out_dir))
     path = os.path.join(out_dir, "README.md")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
