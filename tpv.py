@@ -113,6 +113,11 @@ def pick_device(choice, local_rank=0):
     return torch.device("cpu")
 
 
+def eval_options(args, device):
+    autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
+    return {"scoring": args.scoring, "device": device, "autocast": autocast}
+
+
 def model_tag(name):
     return os.path.basename(os.path.normpath(name))
 
@@ -181,11 +186,12 @@ def write_json(path, record):
 
 
 def print_metrics(table):
-    print(f"{'task':14}{'split':>8}{'examples':>10}{'accuracy':>10}{'F1':>8}{'invalid':>9}")
+    """accuracy (= exact match) and F1 (binary) or macro-F1; for STS-B, Pearson and Spearman (x100)."""
+    print(f"{'task':14}{'split':>11}{'examples':>10}{'acc|pearson':>13}{'F1|spearman':>13}{'invalid':>9}")
     for name, (split, m) in table.items():
         f1 = m.get("f1", m.get("macro_f1", m.get("spearman", 0.0)))
         main = m.get("accuracy", m.get("pearson", 0.0))
-        print(f"{name:14}{split:>8}{m['examples']:>10,}{100 * main:>10.2f}{100 * f1:>8.2f}{m['invalid']:>9,}")
+        print(f"{name:14}{split:>11}{m['examples']:>10,}{100 * main:>13.2f}{100 * f1:>13.2f}{m['invalid']:>9,}")
 
 
 def cmd_train(args):
@@ -222,11 +228,10 @@ def cmd_train(args):
         return
     results = {}
     device = next(model.parameters()).device
-    autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
     for task in tasks:  # the paper's report: test metrics of the best prompt
         tokens, rows = data.split_tokens(task, "test", tokenizer, args.data_dir)
         results[task.name] = ("test", train.evaluate(model, task, tokens, rows, tokenizer, best.to(device),
-                                                     scoring=args.scoring, device=device, autocast=autocast)[0])
+                                                     **eval_options(args, device))[0])
     write_json(paths["json"], {"arguments": vars(args) | {"run": None}, **record,
                                "test": {k: m for k, (_, m) in results.items()}})
     if os.path.exists(paths["checkpoint"]):
@@ -243,11 +248,10 @@ def cmd_eval(args):
         else trained_prompt(args, args.prompt)
     prompt, _, meta = prompts.load_prompt(path)
     prompts.check_fits(path, prompt, meta, args.model, model.config.d_model)
-    autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
     tokens, rows = data.split_tokens(task, args.split, tokenizer, args.data_dir)
     started = time.time()
-    result, _ = train.evaluate(model, task, tokens, rows, tokenizer, prompt.to(device), scoring=args.scoring,
-                               device=device, autocast=autocast, max_new_tokens=args.max_new_tokens)
+    result, _ = train.evaluate(model, task, tokens, rows, tokenizer, prompt.to(device),
+                               max_new_tokens=args.max_new_tokens, **eval_options(args, device))
     print(f"{path}: {len(rows):,} examples in {time.time() - started:.1f}s ({args.scoring})")
     print_metrics({task.name: (args.split, result)})
     print(json.dumps(result))
@@ -255,11 +259,6 @@ def cmd_eval(args):
 
 # -----------------------------------------------------------------------------
 # task prompt vectors: the paper's experiments and interchange
-
-def eval_options(args, device):
-    autocast, _ = train.autocast_for(train.resolve_precision(args.precision, device), device)
-    return {"scoring": args.scoring, "device": device, "autocast": autocast}
-
 
 def cmd_add(args):
     tasks = [data.get_task(n) for n in args.tasks]
