@@ -375,10 +375,11 @@ def shared_texts():
 
 
 @needs_shared
-def test_tokenizer_matches_hugging_face_on_every_shared_text(tmp_path):
-    from transformers import T5Tokenizer
+@pytest.mark.parametrize("kind", ["T5Tokenizer", "T5TokenizerFast"])
+def test_tokenizer_matches_hugging_face_on_every_shared_text(tmp_path, kind):
+    import transformers
     (tmp_path / "spiece.model").write_bytes(open(SPIECE, "rb").read())
-    hf = T5Tokenizer.from_pretrained(str(tmp_path), legacy=True)  # t5-base's tokenizer settings
+    hf = getattr(transformers, kind).from_pretrained(str(tmp_path), legacy=True)  # t5-base's tokenizer settings
     ours = model_t5.load_tokenizer(str(tmp_path))
     texts = shared_texts()
     assert len({origin for origin, _ in texts}) >= 40 and len(texts) > 5000
