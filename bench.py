@@ -1,6 +1,7 @@
 """
 Benchmarks, side by side in one run on the same random weights: our T5 against Hugging Face transformers.
 
+    python bench.py all                    # the speed comparison in one run (step, eval, epoch, memory)
     python bench.py step                   # prompt-tuning step: t5-small shape, batch 8, 256 source, 50 prompt
     python bench.py step --shape t5-base --precision bf16-autocast
     python bench.py parity                 # logit differences per config family, fp32 and bf16
@@ -9,7 +10,7 @@ Benchmarks, side by side in one run on the same random weights: our T5 against H
     python bench.py epoch                  # one epoch over the MNLI and SST-2 samples vs padding to 256
     python bench.py memory                 # peak resident memory of each variant's training step
 
-`step` measures forward, loss and backward to the prompt, and reports medians over repeats.
+`step` measures forward, loss, backward to the prompt and the AdamW update, and reports medians over repeats.
 Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
 """
 import argparse
@@ -247,6 +248,16 @@ def epoch_speed(args):
         print(line)
 
 
+def peak_rss_mb():
+    """This process's peak resident memory. VmHWM, because ru_maxrss survives exec on Linux: a child started
+    by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory(args):
     """Peak resident memory of each variant's training steps, each in a process of its own (same weights)."""
     import subprocess
@@ -277,7 +288,7 @@ def step(args):
     if args.only:  # one variant alone, for its peak memory (see `bench.py memory`)
         for _ in range(2):
             steps[args.only]()
-        print(f"peak_rss_mb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+        print(f"peak_rss_mb {peak_rss_mb():.0f}")
         return
     times, losses = {name: [] for name in steps}, {}
     for r in range(args.repeats + 1):  # the first round warms up and is not counted; rounds interleave
@@ -307,9 +318,22 @@ def transformers_version():
     return transformers.__version__
 
 
+def everything(args, parser):
+    """The speed comparison in one run: training step (fp32 and bf16 autocast), evaluation, one epoch over the
+    real samples, peak memory, each with its defaults at the chosen shape."""
+    for argv in (["step", "--shape", args.shape], ["step", "--shape", args.shape, "--precision", "bf16-autocast"],
+                 ["eval", "--shape", args.shape], ["epoch", "--shape", args.shape], ["memory", "--shape", args.shape]):
+        print(f"\n$ python bench.py {' '.join(argv)}", flush=True)
+        chosen = parser.parse_args(argv)
+        chosen.run(chosen)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("all", help="step, eval, epoch and memory in one run")
+    p.add_argument("--shape", choices=SHAPES, default="t5-small")
+    p.set_defaults(run=lambda args: everything(args, parser))
     p = sub.add_parser("step", help="prompt-tuning step time, ours vs transformers")
     p.add_argument("--shape", choices=SHAPES, default="t5-small")
     p.add_argument("--batch", type=int, default=8)
