@@ -283,8 +283,10 @@ class T5(nn.Module):
         return prompt
 
     def cross_keys_values(self, encoder_hidden):
-        """Keys/values of the encoder output for every decoder block: computed once per input, reused per step."""
-        return [blk.layer[1].EncDecAttention.keys_values(encoder_hidden) for blk in self.decoder.block]
+        """Keys/values of the encoder output for every decoder block: computed once per input, reused per step.
+        Made contiguous once, so that each decoding step's matmuls need not copy them again."""
+        kv = [blk.layer[1].EncDecAttention.keys_values(encoder_hidden) for blk in self.decoder.block]
+        return [(k.contiguous(), v.contiguous()) for k, v in kv]  # each (B, H, S, dk)
 
     def decode(self, decoder_input_ids, cross_kv, encoder_mask, query_pos=None, key_pos=None, allowed=None,
                cache=None):
