@@ -40,8 +40,9 @@ PAPER_FEWSHOT = {  # F1 at 0 / 100 shots: random, TPV sum (paper §6b)
     "ag_news": ((0, 50.4), (0, 83.0)), "yahoo": ((0, 27.6), (0, 61.1)), "imdb": ((77.2, 89.4), (90.1, 90.4))}
 
 
-def score(model, tokenizer, task, split, prompt, root, **kw):
-    tokens, rows = data.split_tokens(task, split, tokenizer, root)
+def score(model, tokenizer, task, split_data, prompt, **kw):
+    """Metrics of a prompt on (tokens, rows) of a split, loaded once by the caller (data.split_tokens)."""
+    tokens, rows = split_data
     return train.evaluate(model, task, tokens, rows, tokenizer, prompt, **kw)[0]
 
 
@@ -51,10 +52,11 @@ def score(model, tokenizer, task, split, prompt, root, **kw):
 def lambda_sweep(model, tokenizer, tasks, origin, summed, root, lambdas=LAMBDAS, **kw):
     """origin + lam * sum for each lam, scored on every task's validation set; the best lam maximises the mean
     headline metric (exact match; Pearson for STS-B), the first one on ties, as np.argmax picks."""
+    validation = {t.name: data.split_tokens(t, "validation", tokenizer, root) for t in tasks}  # read once
     sweep = []
     for lam in lambdas:
         prompt = prompts.apply(origin, summed, lam).to(next(model.parameters()).device)
-        scores = {t.name: metrics.headline(t, score(model, tokenizer, t, "validation", prompt, root, **kw))
+        scores = {t.name: metrics.headline(t, score(model, tokenizer, t, validation[t.name], prompt, **kw))
                   for t in tasks}
         sweep.append({"lambda": lam, **scores, "mean": float(np.mean(list(scores.values())))})
     best = max(sweep, key=lambda s: s["mean"])  # max() keeps the first of equal values
@@ -69,9 +71,10 @@ def cross_origin(model, tokenizer, task, files, origins, root, **kw):
     device = next(model.parameters()).device
     inits = {i: prompts.load_prompt(files[i])[1] for i in origins}
     vectors = {j: prompts.vector(files[j]) for j in origins}
-    return {(i, j): metrics.headline(task, score(model, tokenizer, task, "test",
+    test = data.split_tokens(task, "test", tokenizer, root)  # read once for all origin pairs
+    return {(i, j): metrics.headline(task, score(model, tokenizer, task, test,
                                                  prompts.apply(inits[i], vectors[j], check_origin=False).to(device),
-                                                 root, **kw))
+                                                 **kw))
             for i in origins for j in origins}
 
 

@@ -1223,7 +1223,8 @@ def test_apply_lambda_zero_is_the_origin_and_one_is_the_tuned_prompt(tmp_path):
 def test_lambda_sweep_picks_the_best_mean_validation_score(monkeypatch):
     tasks = [data.get_task("sst2"), data.get_task("rte")]
     curve = {"sst2": lambda lam: 1 - (lam - 0.3) ** 2, "rte": lambda lam: 1 - (lam - 0.5) ** 2}
-    monkeypatch.setattr(experiments, "score", lambda model, tok, task, split, prompt, root, **kw:
+    monkeypatch.setattr(data, "split_tokens", lambda task, split, tok, root: None)
+    monkeypatch.setattr(experiments, "score", lambda model, tok, task, split_data, prompt, **kw:
                         {"exact_match": curve[task.name](float(prompt[0, 0]))})
     v = make_vector("v", 0, origin=prompts.init_key(torch.zeros(4, 3)))
     v = v._replace(tau=torch.ones(4, 3))  # origin 0 + lam * 1: the prompt's first entry is lam itself

@@ -285,9 +285,9 @@ def cmd_add(args):
     print(f"{name}: lambda {lam:.2f}" + (" (best mean validation score)" if sweep else ""))
     print(f"{'task':14}{'sum':>8}{'single':>8}{'ratio':>8}")
     for task, path in zip(tasks, files):
-        result = experiments.score(model, tokenizer, task, "test", combined.to(device), args.data_dir, **kw)
-        single = experiments.score(model, tokenizer, task, "test", prompts.load_prompt(path)[0].to(device),
-                                   args.data_dir, **kw)
+        test = data.split_tokens(task, "test", tokenizer, args.data_dir)
+        result = experiments.score(model, tokenizer, task, test, combined.to(device), **kw)
+        single = experiments.score(model, tokenizer, task, test, prompts.load_prompt(path)[0].to(device), **kw)
         ours, alone = metrics.headline(task, result), metrics.headline(task, single)
         record["test"][task.name], record["single"][task.name] = ours, alone
         record["relative"][task.name] = ours / alone if alone else 0.0
