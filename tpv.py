@@ -352,7 +352,7 @@ def cmd_similarity(args):
     found = {}
     for name in tasks:
         data.get_task(name)
-        for o in trained_origins(argparse.Namespace(**{**vars(args), "origins": args.origins}), name):
+        for o in trained_origins(args, name):
             prompt, init, _ = prompts.load_prompt(os.path.join(root, f"origin_{o}", f"{name}.safetensors"))
             found[name, o] = (prompt, init)
     shapes = {p.shape for p, _ in found.values()}
