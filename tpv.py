@@ -445,10 +445,28 @@ class Parser(argparse.ArgumentParser):
         fail(f"{message} (see: python {self.prog.replace('tpv', 'tpv.py', 1)} --help)")
 
 
+def at_least(low, convert=int):
+    """An argparse type: a number >= low, so that --batch-size 0 is a one-line error, not a crash later."""
+    def parse(text):
+        value = convert(text)  # a ValueError here becomes argparse's "invalid int value: 'x'"
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    parse.__name__ = convert.__name__  # argparse names the type in its message
+    return parse
+
+
+def dropout_rate(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def add_run_options(p):
     p.add_argument("--model", default="t5-base", help="a model folder or a hub name (default: t5-base)")
     p.add_argument("--origin", type=int, default=0, help="which of the paper's 10 origins (default 0)")
-    p.add_argument("--prompt-len", type=int, default=50, help="soft prompt vectors (default 50)")
+    p.add_argument("--prompt-len", type=at_least(1), default=50, help="soft prompt vectors (default 50)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -500,17 +518,17 @@ def build_parser():
     add_run_options(p)
     p.add_argument("--init", default="origin", help="origin (default), random, vocab, text:\"...\", a prompt file, "
                    "or task[+task...]: the origin plus those tasks' vectors")
-    p.add_argument("--shots", type=int, default=None, help="few-shot: N stratified training examples (0: no training)")
-    p.add_argument("--max-steps", type=int, default=None, help="default: epochs x batches (few-shot: 1000)")
-    p.add_argument("--epochs", type=int, default=None, help="default 10 (TREC 50)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 32 (few-shot: 2 / 8 / 16)")
-    p.add_argument("--lr", type=float, default=0.3)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--warmup", type=int, default=500)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--shots", type=at_least(0), default=None, help="few-shot: N stratified training examples (0: no training)")
+    p.add_argument("--max-steps", type=at_least(1), default=None, help="default: epochs x batches (few-shot: 1000)")
+    p.add_argument("--epochs", type=at_least(1), default=None, help="default 10 (TREC 50)")
+    p.add_argument("--batch-size", type=at_least(1), default=None, help="default 32 (few-shot: 2 / 8 / 16)")
+    p.add_argument("--lr", type=at_least(0, float), default=0.3)
+    p.add_argument("--weight-decay", type=at_least(0, float), default=1e-5)
+    p.add_argument("--warmup", type=at_least(0), default=500)
+    p.add_argument("--eval-every", type=at_least(1), default=100)
+    p.add_argument("--log-every", type=at_least(1), default=10)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout_rate (default: as "
+    p.add_argument("--dropout", type=dropout_rate, default=None, help="override the model's dropout_rate (default: as "
                    "config.json, 0.1 for T5)")
     p.add_argument("--name", default=None, help="the run's file name (default: from task, shots and init)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
@@ -521,7 +539,7 @@ def build_parser():
     p.add_argument("task")
     p.add_argument("--prompt", required=True, help="a prompt file, or a run name under --out (e.g. mnli)")
     p.add_argument("--split", choices=["train", "validation", "test"], default="test")
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--max-new-tokens", type=at_least(1), default=None,
                    help="generation length (default: the longest label + 4; the paper: 128)")
     add_run_options(p)
     p.set_defaults(run=cmd_eval)
