@@ -161,6 +161,30 @@ def test_prompt_per_example_equals_shared_prompt_and_checks_shape(checkpoints):
         ours(ids, dec, mask, prompt=torch.randn(5, 31))
 
 
+def test_dropout_rate_scale_gradient_and_seeding():
+    x = torch.rand(1000, 1001) + 1  # 1,001,000 elements: not a multiple of 4 (one 64-bit draw feeds four)
+    torch.manual_seed(7)
+    y = model_t5.dropout(x, 0.1, True)
+    dropped = y == 0
+    # binomial(1,001,000, 0.1) has a standard deviation of 300: 1,500 is five of them
+    assert abs(dropped.sum().item() - 0.1 * x.numel()) < 1500
+    torch.testing.assert_close(y[~dropped], x[~dropped] * (65536 / (65536 - 6554)))  # 1 / keep probability
+    assert abs(dropped[:, 0].float().mean().item() - 0.1) < 0.1 and abs(dropped[0].float().mean() - 0.1) < 0.1
+    torch.manual_seed(7)
+    torch.testing.assert_close(model_t5.dropout(x, 0.1, True), y, rtol=0, atol=0)  # the seed fixes the mask
+    assert not torch.equal(model_t5.dropout(x, 0.1, True), y)  # and the generator moves on
+    assert model_t5.dropout(x, 0.1, False) is x and model_t5.dropout(x, 0.0, True) is x
+    assert model_t5.dropout(x.bfloat16(), 0.5, True).dtype == torch.bfloat16
+    leaf = x.clone().requires_grad_()
+    out = model_t5.dropout(leaf, 0.3, True)
+    out.sum().backward()
+    torch.testing.assert_close(leaf.grad, (out != 0).float() * (65536 / (65536 - 19661)))  # the same mask
+    with pytest.raises(ValueError, match="dropout rate"):
+        model_t5.set_dropout(model_t5.T5(model_t5.T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, num_layers=1)), 1.0)
+    with pytest.raises(model_t5.CheckpointError, match="dropout_rate"):
+        model_t5.T5Config(dropout_rate=-0.1)
+
+
 @pytest.mark.parametrize("family", ["t5-v1.0", "flan-t5-small-shape"])
 def test_scoring_packed_candidates_equals_scoring_each_alone(checkpoints, family):
     ours = model_t5.load_t5(checkpoints[family])
@@ -1144,6 +1168,20 @@ def test_train_and_eval_user_errors(tiny, tmp_path):
         result = run_cli(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-size", "0", "must be at least 1, got 0"), ("--epochs", "0", "must be at least 1"),
+    ("--max-steps", "-3", "must be at least 1"), ("--eval-every", "0", "must be at least 1"),
+    ("--log-every", "0", "must be at least 1"), ("--prompt-len", "0", "must be at least 1"),
+    ("--warmup", "-5", "must be at least 0"), ("--shots", "-2", "must be at least 0"),
+    ("--lr", "-1", "must be at least 0"), ("--weight-decay", "-0.5", "must be at least 0"),
+    ("--dropout", "1", "must be in [0, 1)"), ("--epochs", "1.5", "invalid int value: '1.5'")])
+def test_out_of_range_numbers_are_one_line_errors(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as stop:  # before this check, --eval-every 0 crashed deep in the loop
+        tpv.build_parser().parse_args(["train", "sst2", flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: {message}" in err and err.count("\n") == 1, err
 
 
 def test_init_from_task_vectors_zero_shot_and_multi_task(tiny, tmp_path):
