@@ -10,7 +10,8 @@ Benchmarks, side by side in one run on the same random weights: our T5 against H
     python bench.py epoch                  # one epoch over the MNLI and SST-2 samples vs padding to 256
     python bench.py memory                 # peak resident memory of each variant's training step
 
-`step` measures forward, loss, backward to the prompt and the AdamW update, and reports medians over repeats.
+`step` measures forward, loss, backward to the prompt and the AdamW update in training mode (dropout 0.1, as the
+recipe trains), and reports medians over repeats.
 Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
 """
 import argparse
@@ -48,7 +49,7 @@ def make_models(shape, dtype):
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
         ours = model_t5.load_t5(folder, dtype=dtype)
-        hf = T5ForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
+        hf = T5ForConditionalGeneration.from_pretrained(folder).to(dtype).eval()  # .to: 4.44 (the paper's) too
     return ours, hf.requires_grad_(False)
 
 
@@ -68,9 +69,15 @@ def matmul_rate(dtype, n=2048, repeats=5):
     return 2 * n ** 3 / min(timed(lambda: a @ b) for _ in range(repeats))
 
 
-def training_steps(ours, hf, ids, labels, init, autocast):
-    """{name: one prompt-tuning step (forward, loss, backward, AdamW update)} on the same batch and weights."""
+def training_steps(ours, hf, ids, labels, init, autocast, dropout):
+    """{name: one prompt-tuning step (forward, loss, backward, AdamW update)} on the same batch and weights,
+    in training mode with the given dropout rate (the recipe trains with T5's 0.1)."""
     ctx = lambda: torch.autocast("cpu", torch.bfloat16, enabled=autocast)
+    model_t5.set_dropout(ours.train(), dropout)
+    hf.train()
+    for module in hf.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = dropout
     prompt_ours, prompt_hf = (init.clone().requires_grad_() for _ in range(2))
     optimizers = {}
 
@@ -97,7 +104,8 @@ def training_steps(ours, hf, ids, labels, init, autocast):
         from peft import PromptTuningConfig, get_peft_model
     except ImportError:
         return steps
-    # the official recipe: PEFT prompt tuning, which for seq2seq also prepends n vectors to the decoder
+    # the official code's stack. peft 0.12 (the paper's) also prepends n more vectors to the decoder input;
+    # newer releases prepend to the encoder only. step() reports the decoder length each variant ran.
     peft_model = get_peft_model(hf, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=init.shape[0]))
     peft_params = [p for p in peft_model.parameters() if p.requires_grad]
 
@@ -109,6 +117,25 @@ def training_steps(ours, hf, ids, labels, init, autocast):
     return steps
 
 
+def decoder_lengths(ours, hf, steps):
+    """{variant: decoder positions its step runs}, seen by hooks on one call of each step."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        x = kwargs.get("inputs_embeds")
+        x = x if x is not None else kwargs.get("input_ids", args[0] if args else None)
+        seen["length"] = x.shape[1]
+    hooks = [ours.decoder.register_forward_pre_hook(hook, with_kwargs=True),
+             hf.decoder.register_forward_pre_hook(hook, with_kwargs=True)]
+    lengths = {}
+    for name, fn in steps.items():
+        fn()
+        lengths[name] = seen.pop("length")
+    for h in hooks:
+        h.remove()
+    return lengths
+
+
 def parity(args):
     """Max abs / relative logit difference of ours vs transformers, same weights, fp32 and bf16 weights."""
     g = torch.Generator().manual_seed(0)
@@ -116,7 +143,7 @@ def parity(args):
     mask = torch.ones_like(ids)
     mask[0, args.src // 2:] = 0
     dec = model_t5.shift_right(torch.randint(3, 32000, (args.batch, args.tgt), generator=g))
-    print(f"logits of ours vs transformers {transformers_version()}, random weights, batch {args.batch}, "
+    print(f"logits of ours vs {versions()}, random weights, batch {args.batch}, "
           f"{args.src} source (one row half padding), {args.tgt} decoder tokens")
     print(f"{'family':16}{'dtype':>7}{'max |diff|':>12}{'max |logit|':>13}{'relative':>11}{'argmax same':>13}")
     for shape in ("t5-small", "t5-v1_1-like", "flan-t5-small", "asymmetric"):
@@ -189,8 +216,9 @@ def eval_speed(args):
 
 
 def epoch_speed(args):
-    """One training epoch (forward, backward, AdamW per batch) over a real dataset sample, t5-small shape: our
-    length-bucketed, dynamically padded batches vs the official recipe's padding of every input to 256."""
+    """One training epoch (forward, backward, AdamW per batch, dropout 0.1) over a real dataset sample: our
+    length-bucketed, dynamically padded batches; ours padded to 256 as the official recipe pads; and
+    transformers + PEFT padded to 256 (the official stack); then one evaluation pass of ours vs PEFT."""
     import data
     import train
     ours, hf = make_models(args.shape, torch.float32)
@@ -201,51 +229,61 @@ def epoch_speed(args):
         peft_model = get_peft_model(hf, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=50))
     except ImportError:
         pass
-    print(f"one epoch of prompt tuning, then one evaluation pass (greedy, {args.new_tokens} new tokens, batch 64), "
-          f"over each sample's training rows; {args.shape} shape, batch {args.batch}, 50 prompt vectors, fp32, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'sample':10}{'examples':>9}{'train: ours s':>15}{'pad-256 s':>11}{'speed-up':>10}"
-          f"{'eval: ours ex/s':>17}{'PEFT pad-256 ex/s':>19}{'speed-up':>10}")
+    print(f"one epoch of prompt tuning (dropout 0.1), then one evaluation pass (greedy, {args.new_tokens} new "
+          f"tokens, batch 64), over each sample's training rows; {args.shape} shape, batch {args.batch}, 50 prompt "
+          f"vectors, fp32, {torch.get_num_threads()} threads; {versions()}")
+    print(f"{'sample':8}{'rows':>5}{'train: ours s':>15}{'ours pad-256':>14}{'ratio':>7}{'PEFT pad-256':>14}"
+          f"{'ratio':>7}{'eval: ours ex/s':>17}{'PEFT pad-256':>14}{'ratio':>7}")
     for name in args.tasks.split(","):
         task = data.get_task(name)
         splits, _ = data.read_task(task, f"{args.samples}/{name}")
         tokens = data.tokenize(task, splits["train"], tokenizer)
         lengths = data.lengths(tokens)
-        prompt = torch.nn.Parameter(torch.randn(50, ours.config.d_model) * 0.5)
-        optimizer = torch.optim.AdamW([prompt], lr=0.3, weight_decay=1e-5)
-
-        def run_epoch(batches, pad_to):
-            for idx in batches:
-                batch = data.collate(tokens, idx)
-                ids, mask = batch["input_ids"], batch["attention_mask"]
-                if pad_to:  # the official preprocessor: padding="max_length", max_length=256
-                    ids = F.pad(ids, (0, pad_to - ids.shape[1]))
-                    mask = F.pad(mask, (0, pad_to - mask.shape[1]))
-                logits = ours(ids, model_t5.shift_right(batch["labels"]), mask, prompt=prompt)
-                F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
         bucketed = data.epoch_batches(lengths, args.batch, seed=42, epoch=0)
         shuffled = np.array_split(np.random.default_rng(42).permutation(len(lengths)), len(bucketed))
-        ours_s = timed(lambda: run_epoch(bucketed, None))
-        fixed_s = timed(lambda: run_epoch(shuffled, data.MAX_SOURCE))
-        line = f"{name:10}{len(lengths):9,}{ours_s:15.1f}{fixed_s:11.1f}{fixed_s / ours_s:9.1f}x"
+
+        def padded(batch):  # the official preprocessor: padding="max_length", max_length=256
+            return (F.pad(batch["input_ids"], (0, data.MAX_SOURCE - batch["input_ids"].shape[1])),
+                    F.pad(batch["attention_mask"], (0, data.MAX_SOURCE - batch["attention_mask"].shape[1])))
+
+        def run_epoch(batches, pad, loss_of, params):
+            optimizer = torch.optim.AdamW(params, lr=0.3, weight_decay=1e-5)
+            for idx in batches:
+                batch = data.collate(tokens, idx)
+                ids, mask = padded(batch) if pad else (batch["input_ids"], batch["attention_mask"])
+                loss_of(ids, mask, batch["labels"]).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        prompt = torch.nn.Parameter(torch.randn(50, ours.config.d_model) * 0.5)
+        ours_loss = lambda ids, mask, labels: F.cross_entropy(
+            ours(ids, model_t5.shift_right(labels), mask, prompt=prompt).flatten(0, 1), labels.flatten(),
+            ignore_index=-100)
+        ours.train()
+        ours_s = timed(lambda: run_epoch(bucketed, False, ours_loss, [prompt]))
+        fixed_s = timed(lambda: run_epoch(shuffled, True, ours_loss, [prompt]))
+        line = f"{name:8}{len(lengths):5,}{ours_s:15.1f}{fixed_s:14.1f}{fixed_s / ours_s:6.1f}x"
+        if peft_model is not None:
+            peft_model.train()
+            peft_loss = lambda ids, mask, labels: peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            peft_s = timed(lambda: run_epoch(shuffled, True, peft_loss,
+                                             [p for p in peft_model.parameters() if p.requires_grad]))
+            line += f"{peft_s:14.1f}{peft_s / ours_s:6.1f}x"
         # evaluation: ours sorts by length and pads each batch to its longest; the official run padded to 256
         ours_eval = timed(lambda: train.predict(ours, task, tokens, tokenizer, prompt.detach(), "generate",
                                                 max_new_tokens=args.new_tokens, label=name))
         line += f"{len(lengths) / ours_eval:17.1f}"
         if peft_model is not None:
             def peft_eval():
+                peft_model.eval()
                 for start in range(0, len(lengths), 64):
-                    batch = data.collate(tokens, np.arange(start, min(start + 64, len(lengths))))
-                    ids = F.pad(batch["input_ids"], (0, data.MAX_SOURCE - batch["input_ids"].shape[1]))
-                    mask = F.pad(batch["attention_mask"], (0, data.MAX_SOURCE - batch["attention_mask"].shape[1]))
+                    ids, mask = padded(data.collate(tokens, np.arange(start, min(start + 64, len(lengths)))))
                     with torch.no_grad():
                         peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new_tokens,
                                             min_new_tokens=args.new_tokens, do_sample=False, num_beams=1)
-            peft_s = timed(peft_eval)
-            line += f"{len(lengths) / peft_s:19.1f}{peft_s / ours_eval:9.1f}x"
-        print(line)
+            peft_eval_s = timed(peft_eval)
+            line += f"{len(lengths) / peft_eval_s:14.1f}{peft_eval_s / ours_eval:6.1f}x"
+        print(line, flush=True)
 
 
 def peak_rss_mb():
@@ -262,8 +300,8 @@ def memory(args):
     """Peak resident memory of each variant's training steps, each in a process of its own (same weights)."""
     import subprocess
     import sys
-    print(f"peak resident memory, 2 training steps, {args.shape} shape, batch {args.batch}, {args.src} source + "
-          f"50 prompt + 3 target tokens, fp32")
+    print(f"peak resident memory, 2 training steps (dropout 0.1), {args.shape} shape, batch {args.batch}, "
+          f"{args.src} source + 50 prompt + 3 target tokens, fp32")
     for name in ("ours", "transformers", "transformers + PEFT"):
         out = subprocess.run([sys.executable, __file__, "step", "--shape", args.shape, "--batch", str(args.batch),
                               "--src", str(args.src), "--only", name], capture_output=True, text=True, check=True)
@@ -284,27 +322,25 @@ def step(args):
     labels = torch.randint(3, 32000, (args.batch, args.tgt), generator=g)
     init = torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5
     tokens = args.batch * (args.src + args.prompt + args.tgt)
-    steps = training_steps(ours, hf, ids, labels, init, args.precision == "bf16-autocast")
+    steps = training_steps(ours, hf, ids, labels, init, args.precision == "bf16-autocast", args.dropout)
     if args.only:  # one variant alone, for its peak memory (see `bench.py memory`)
         for _ in range(2):
             steps[args.only]()
         print(f"peak_rss_mb {peak_rss_mb():.0f}")
         return
-    times, losses = {name: [] for name in steps}, {}
-    for r in range(args.repeats + 1):  # the first round warms up and is not counted; rounds interleave
+    decoder = decoder_lengths(ours, hf, steps)  # also the warm-up round
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):  # rounds interleave, so a slow spell of the machine hits every variant
         for name, fn in steps.items():
-            t0 = time.perf_counter()
-            losses[name] = fn()
-            if r:
-                times[name].append(time.perf_counter() - t0)
+            times[name].append(timed(fn))
     print(f"prompt-tuning step (forward, backward, AdamW), {args.shape} shape, batch {args.batch}, {args.src} source "
-          f"+ {args.prompt} prompt + {args.tgt} target tokens, {args.precision}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}; transformers {transformers_version()}")
-    print(f"{'':22}{'s/step':>9}{'tokens/s':>10}{'ours is':>10}")
+          f"+ {args.prompt} prompt + {args.tgt} target tokens, {args.precision}, dropout {args.dropout}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}; {versions()}")
+    print(f"{'':22}{'decoder':>8}{'s/step':>9}{'tokens/s':>10}{'ours is':>10}")
     ours_time = statistics.median(times["ours"])
     for name, ts in times.items():
         median = statistics.median(ts)
-        print(f"{name:22}{median:9.3f}{tokens / median:10,.0f}{median / ours_time:9.2f}x")
+        print(f"{name:22}{decoder[name]:8}{median:9.3f}{tokens / median:10,.0f}{median / ours_time:9.2f}x")
     # the backward pass needs input gradients only (the weights are frozen): about one more forward
     flops = 2 * forward_flops(ours.config, args.batch, args.src + args.prompt, args.tgt)
     peak = matmul_rate(torch.bfloat16 if args.precision != "fp32" else torch.float32)
@@ -313,9 +349,13 @@ def step(args):
           f"matmul rate ({peak / 1e9:,.0f} GFLOP/s, 2048^3)")
 
 
-def transformers_version():
+def versions():
     import transformers
-    return transformers.__version__
+    try:
+        import peft
+    except ImportError:
+        return f"transformers {transformers.__version__}, no peft"
+    return f"transformers {transformers.__version__}, peft {peft.__version__}"
 
 
 def everything(args, parser):
@@ -342,6 +382,8 @@ def main():
     p.add_argument("--tgt", type=int, default=3, help="target tokens per example")
     p.add_argument("--precision", choices=["fp32", "bf16-autocast", "bf16"], default="fp32",
                    help="fp32 weights; fp32 weights under bf16 autocast; or bf16 weights")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout rate of every variant (default: T5's 0.1, "
+                   "as the recipe trains; 0 measures the matrix work alone)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=step)
