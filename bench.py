@@ -1,7 +1,7 @@
 """
 Benchmarks, side by side in one run on the same random weights: our T5 against Hugging Face transformers.
 
-    python bench.py all                    # the speed comparison in one run (step, eval, epoch, memory)
+    python bench.py all                    # the speed comparison in one run (step x2 shapes, eval, epoch, memory)
     python bench.py step                   # prompt-tuning step: t5-small shape, batch 8, 256 source, 50 prompt
     python bench.py step --shape t5-base --precision bf16-autocast
     python bench.py parity                 # logit differences per config family, fp32 and bf16
@@ -359,10 +359,12 @@ def versions():
 
 
 def everything(args, parser):
-    """The speed comparison in one run: training step (fp32 and bf16 autocast), evaluation, one epoch over the
-    real samples, peak memory, each with its defaults at the chosen shape."""
-    for argv in (["step", "--shape", args.shape], ["step", "--shape", args.shape, "--precision", "bf16-autocast"],
-                 ["eval", "--shape", args.shape], ["epoch", "--shape", args.shape], ["memory", "--shape", args.shape]):
+    """The speed comparison in one run: training steps at the t5-small and t5-base shapes (fp32 and bf16
+    autocast), then evaluation, one epoch over the real samples and peak memory at the chosen shape."""
+    steps = [["step", "--shape", shape, *precision] for shape in ("t5-small", "t5-base")
+             for precision in ([], ["--precision", "bf16-autocast"])]
+    for argv in (*steps, ["eval", "--shape", args.shape], ["epoch", "--shape", args.shape],
+                 ["memory", "--shape", args.shape]):
         print(f"\n$ python bench.py {' '.join(argv)}", flush=True)
         chosen = parser.parse_args(argv)
         chosen.run(chosen)
@@ -371,8 +373,8 @@ def everything(args, parser):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("all", help="step, eval, epoch and memory in one run")
-    p.add_argument("--shape", choices=SHAPES, default="t5-small")
+    p = sub.add_parser("all", help="step (t5-small and t5-base shapes), eval, epoch and memory in one run")
+    p.add_argument("--shape", choices=SHAPES, default="t5-small", help="the shape of eval, epoch and memory")
     p.set_defaults(run=lambda args: everything(args, parser))
     p = sub.add_parser("step", help="prompt-tuning step time, ours vs transformers")
     p.add_argument("--shape", choices=SHAPES, default="t5-small")

@@ -112,7 +112,8 @@ def dropout(x, rate, training):
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)  # the full 64-bit range
     bits = words.view(torch.int16)[:x.numel()].view(x.shape)  # (numel/4,) int64 -> x's shape in int16, on [-2^15, 2^15)
     keep = bits >= drop_below - 32768
-    return x * keep * (65536 / (65536 - drop_below))  # backward: grad * keep * scale
+    # where, not x * keep: a bool operand of mul is first copied to a float tensor of x's size
+    return torch.where(keep, x, 0).mul_(65536 / (65536 - drop_below))
 
 
 # -----------------------------------------------------------------------------
