@@ -35,6 +35,7 @@ SHAPES = {  # the published configs' shapes (weights are random)
                           tie_word_embeddings=False),  # 6 heads x 64 = 384 != d_model
     "asymmetric": dict(d_model=512, d_ff=2048, num_layers=4, num_decoder_layers=2, num_heads=8, d_kv=64,
                        feed_forward_proj="relu"),
+    "tiny": dict(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, feed_forward_proj="relu"),  # for tests
 }
 
 
@@ -78,6 +79,8 @@ def training_steps(ours, hf, ids, labels, init, autocast, dropout):
     for module in hf.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = dropout
+        elif isinstance(getattr(module, "dropout", None), float):  # T5Attention calls F.dropout(p=self.dropout)
+            module.dropout = dropout
     prompt_ours, prompt_hf = (init.clone().requires_grad_() for _ in range(2))
     optimizers = {}
 
@@ -231,7 +234,7 @@ def epoch_speed(args):
         pass
     print(f"one epoch of prompt tuning (dropout 0.1), then one evaluation pass (greedy, {args.new_tokens} new "
           f"tokens, batch 64), over each sample's training rows; {args.shape} shape, batch {args.batch}, 50 prompt "
-          f"vectors, fp32, {torch.get_num_threads()} threads; {versions()}")
+          f"vectors, fp32, {torch.get_num_threads()} threads, median of {args.repeats}; {versions()}")
     print(f"{'sample':8}{'rows':>5}{'train: ours s':>15}{'ours pad-256':>14}{'ratio':>7}{'PEFT pad-256':>14}"
           f"{'ratio':>7}{'eval: ours ex/s':>17}{'PEFT pad-256':>14}{'ratio':>7}")
     for name in args.tasks.split(","):
@@ -259,15 +262,22 @@ def epoch_speed(args):
         ours_loss = lambda ids, mask, labels: F.cross_entropy(
             ours(ids, model_t5.shift_right(labels), mask, prompt=prompt).flatten(0, 1), labels.flatten(),
             ignore_index=-100)
+        epochs = {"ours": lambda: run_epoch(bucketed, False, ours_loss, [prompt]),
+                  "ours pad-256": lambda: run_epoch(shuffled, True, ours_loss, [prompt])}
         ours.train()
-        ours_s = timed(lambda: run_epoch(bucketed, False, ours_loss, [prompt]))
-        fixed_s = timed(lambda: run_epoch(shuffled, True, ours_loss, [prompt]))
-        line = f"{name:8}{len(lengths):5,}{ours_s:15.1f}{fixed_s:14.1f}{fixed_s / ours_s:6.1f}x"
         if peft_model is not None:
             peft_model.train()
             peft_loss = lambda ids, mask, labels: peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            peft_s = timed(lambda: run_epoch(shuffled, True, peft_loss,
-                                             [p for p in peft_model.parameters() if p.requires_grad]))
+            epochs["PEFT pad-256"] = lambda: run_epoch(shuffled, True, peft_loss,
+                                                       [p for p in peft_model.parameters() if p.requires_grad])
+        times = {variant: [] for variant in epochs}
+        for _ in range(args.repeats):  # interleaved rounds, as in `step`: single epochs varied by a third here
+            for variant, fn in epochs.items():
+                times[variant].append(timed(fn))
+        ours_s, fixed_s = statistics.median(times["ours"]), statistics.median(times["ours pad-256"])
+        line = f"{name:8}{len(lengths):5,}{ours_s:15.1f}{fixed_s:14.1f}{fixed_s / ours_s:6.1f}x"
+        if peft_model is not None:
+            peft_s = statistics.median(times["PEFT pad-256"])
             line += f"{peft_s:14.1f}{peft_s / ours_s:6.1f}x"
         # evaluation: ours sorts by length and pads each batch to its longest; the official run padded to 256
         ours_eval = timed(lambda: train.predict(ours, task, tokens, tokenizer, prompt.detach(), "generate",
@@ -419,6 +429,7 @@ def main():
     p.add_argument("--tokenizer", default="../shared/assets/t5-spiece.model")
     p.add_argument("--tasks", default="mnli,sst2")
     p.add_argument("--new-tokens", type=int, default=7, help="decoding steps of both evaluations")
+    p.add_argument("--repeats", type=int, default=1, help="training epochs per variant (the median is shown)")
     p.set_defaults(run=epoch_speed)
     args = parser.parse_args()
     args.run(args)
