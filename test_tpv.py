@@ -1392,3 +1392,25 @@ def test_run_sh_quick_end_to_end_and_restartable(tmp_path):
     again = subprocess.run(["bash", os.path.join(HERE, "run.sh"), *options], capture_output=True, text=True,
                            env=env, timeout=600)
     assert again.returncode == 0 and "[1/" not in again.stdout  # everything finished is skipped
+
+
+# -----------------------------------------------------------------------------
+# benchmarks: the README's commands run (on a tiny shape) and compare like with like
+
+
+@needs_shared
+def test_bench_step_eval_and_epoch_run_every_variant():
+    bench = lambda *args: subprocess.run([sys.executable, "bench.py", *args, "--shape", "tiny"], capture_output=True,
+                                         text=True, cwd=HERE, timeout=300)
+    step = bench("step", "--repeats", "1")
+    assert step.returncode == 0, step.stderr
+    rows = re.findall(r"^(ours|transformers|transformers \+ PEFT) +(\d+) +([\d.]+) ", step.stdout, re.M)
+    assert [name for name, _, _ in rows] == ["ours", "transformers", "transformers + PEFT"], step.stdout
+    assert all(decoder == "3" for _, decoder, _ in rows)  # the same work: no variant runs a decoder prompt
+    evaluation = bench("eval", "--batch", "4", "--src", "16", "--repeats", "1")
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert len(re.findall(r"^(greedy|rank|PEFT generate) .*, (fp32|bf16) +[\d.]+ +[\d.]+$", evaluation.stdout,
+                          re.M)) == 6, evaluation.stdout
+    epoch = bench("epoch", "--tasks", "mnli", "--samples", os.path.join(SHARED, "data"), "--tokenizer", SPIECE)
+    assert epoch.returncode == 0, epoch.stderr
+    assert re.search(r"^mnli +51( +[\d.]+x?){8}$", epoch.stdout, re.M), epoch.stdout
