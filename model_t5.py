@@ -101,9 +101,9 @@ def dropout(x, rate, training):
 
     One 64-bit draw from torch's generator gives four 16-bit uniform integers, one per element, so the drop
     probability is `rate` rounded to a multiple of 2**-16 (0.1 -> 6554/65536 = 0.1000061). Kept values are
-    scaled by the inverse of that same keep probability (rounded to x's dtype, as F.dropout does), so the
-    expectation is x. The masks come from torch's default generator: seeded by torch.manual_seed and saved by
-    torch.get_rng_state like every other random number. GPUs keep torch's fused kernel, cheap there.
+    multiplied by the inverse of that same keep probability, so the expectation is x. The masks come from
+    torch's default generator: seeded by torch.manual_seed and saved by torch.get_rng_state like every other
+    random number. GPUs keep torch's fused kernel, cheap there.
     """
     if not training or rate == 0:
         return x
