@@ -52,7 +52,7 @@ def score(model, tokenizer, task, split_data, prompt, **kw):
 def lambda_sweep(model, tokenizer, tasks, origin, summed, root, lambdas=LAMBDAS, **kw):
     """origin + lam * sum for each lam, scored on every task's validation set; the best lam maximises the mean
     headline metric (exact match; Pearson for STS-B), the first one on ties, as np.argmax picks."""
-    validation = {t.name: data.split_tokens(t, "validation", tokenizer, root) for t in tasks}  # read once
+    validation = {t.name: data.split_tokens(t, ["validation"], tokenizer, root)["validation"] for t in tasks}
     sweep = []
     for lam in lambdas:
         prompt = prompts.apply(origin, summed, lam).to(next(model.parameters()).device)
@@ -71,7 +71,7 @@ def cross_origin(model, tokenizer, task, files, origins, root, **kw):
     device = next(model.parameters()).device
     inits = {i: prompts.load_prompt(files[i])[1] for i in origins}
     vectors = {j: prompts.vector(files[j]) for j in origins}
-    test = data.split_tokens(task, "test", tokenizer, root)  # read once for all origin pairs
+    test = data.split_tokens(task, ["test"], tokenizer, root)["test"]  # read once for all origin pairs
     return {(i, j): metrics.headline(task, score(model, tokenizer, task, test,
                                                  prompts.apply(inits[i], vectors[j], check_origin=False).to(device),
                                                  **kw))

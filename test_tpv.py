@@ -1134,7 +1134,7 @@ def test_generation_and_rank_scoring_agree_on_a_model_that_has_learnt_the_labels
     tok = model_t5.load_tokenizer(str(tiny / "model"))
     model_t5.set_dropout(model, 0.0)
     task = data.get_task("sst2")
-    tokens, rows = data.split_tokens(task, "validation", tok, str(tiny / "data"))
+    tokens, rows = data.split_tokens(task, ["validation"], tok, str(tiny / "data"))["validation"]
     idx = np.arange(16)
     batch_ = data.collate(tokens, idx)
     torch.manual_seed(0)
@@ -1263,7 +1263,7 @@ def test_apply_lambda_zero_is_the_origin_and_one_is_the_tuned_prompt(tmp_path):
 def test_lambda_sweep_picks_the_best_mean_validation_score(monkeypatch):
     tasks = [data.get_task("sst2"), data.get_task("rte")]
     curve = {"sst2": lambda lam: 1 - (lam - 0.3) ** 2, "rte": lambda lam: 1 - (lam - 0.5) ** 2}
-    monkeypatch.setattr(data, "split_tokens", lambda task, split, tok, root: None)
+    monkeypatch.setattr(data, "split_tokens", lambda task, splits, tok, root: {s: None for s in splits})
     monkeypatch.setattr(experiments, "score", lambda model, tok, task, split_data, prompt, **kw:
                         {"exact_match": curve[task.name](float(prompt[0, 0]))})
     v = make_vector("v", 0, origin=prompts.init_key(torch.zeros(4, 3)))

@@ -229,7 +229,7 @@ def cmd_train(args):
     results = {}
     device = next(model.parameters()).device
     for task in tasks:  # the paper's report: test metrics of the best prompt
-        tokens, rows = data.split_tokens(task, "test", tokenizer, args.data_dir)
+        tokens, rows = data.split_tokens(task, ["test"], tokenizer, args.data_dir)["test"]
         results[task.name] = ("test", train.evaluate(model, task, tokens, rows, tokenizer, best.to(device),
                                                      **eval_options(args, device))[0])
     write_json(paths["json"], {"arguments": vars(args) | {"run": None}, **record,
@@ -248,7 +248,7 @@ def cmd_eval(args):
         else trained_prompt(args, args.prompt)
     prompt, _, meta = prompts.load_prompt(path)
     prompts.check_fits(path, prompt, meta, args.model, model.config.d_model)
-    tokens, rows = data.split_tokens(task, args.split, tokenizer, args.data_dir)
+    tokens, rows = data.split_tokens(task, [args.split], tokenizer, args.data_dir)[args.split]
     started = time.time()
     result, _ = train.evaluate(model, task, tokens, rows, tokenizer, prompt.to(device),
                                max_new_tokens=args.max_new_tokens, **eval_options(args, device))
@@ -285,7 +285,7 @@ def cmd_add(args):
     print(f"{name}: lambda {lam:.2f}" + (" (best mean validation score)" if sweep else ""))
     print(f"{'task':14}{'sum':>8}{'single':>8}{'ratio':>8}")
     for task, path in zip(tasks, files):
-        test = data.split_tokens(task, "test", tokenizer, args.data_dir)
+        test = data.split_tokens(task, ["test"], tokenizer, args.data_dir)["test"]
         result = experiments.score(model, tokenizer, task, test, combined.to(device), **kw)
         single = experiments.score(model, tokenizer, task, test, prompts.load_prompt(path)[0].to(device), **kw)
         ours, alone = metrics.headline(task, result), metrics.headline(task, single)

@@ -186,9 +186,10 @@ def train(args, model, tokenizer, tasks, init, paths, log=print):
     # data: train examples of every task in one pool; validation per task (the mean is the selection criterion)
     train_sets, val_sets = [], {}
     for task in tasks:
-        train_sets.append(data.split_tokens(task, "train", tokenizer, args.data_dir, shots=args.shots)[0])
-        limit = FEW_SHOT_VALIDATION if args.shots else None
-        val_sets[task.name] = data.split_tokens(task, "validation", tokenizer, args.data_dir, limit=limit)[0]
+        splits = data.split_tokens(task, ["train", "validation"], tokenizer, args.data_dir, shots=args.shots,
+                                   validation_limit=FEW_SHOT_VALIDATION if args.shots else None)
+        train_sets.append(splits["train"][0])
+        val_sets[task.name] = splits["validation"][0]
     train_tokens = data.concat(train_sets)
     train_lengths, target_lengths = data.lengths(train_tokens), np.diff(train_tokens["target_offsets"])
     n_examples = len(train_lengths)

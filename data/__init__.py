@@ -4,7 +4,7 @@ tpv's NLU data: the paper's 17 tasks, from their original files to length-bucket
     from data import get_task, load_task, split_tokens, epoch_batches, lengths, collate
     task = get_task("mnli")
     splits = load_task(task)                       # {"train", "validation", "test"}: the paper's split rule
-    tokens, rows = split_tokens(task, "train", tokenizer)
+    tokens, rows = split_tokens(task, ["train"], tokenizer)["train"]
     for idx in epoch_batches(lengths(tokens), 32, seed=42, epoch=0):
         batch = collate(tokens, idx)               # input_ids, attention_mask, labels (-100 on padding)
 
@@ -32,17 +32,22 @@ def encode(task, split, rows, tokenizer, root=None, max_source=MAX_SOURCE):
     return cached_tokens(task, split, rows, tokenizer, task_dir(task, root), max_source)
 
 
-def split_tokens(task, split, tokenizer, root=None, shots=0, limit=None):
-    """The paper's split of a prepared task as (token arrays, example rows), reusing the cached tokens of the
-    original split; shots > 0 draws the few-shot subset of train, limit keeps the first examples only."""
+def split_tokens(task, splits, tokenizer, root=None, shots=0, validation_limit=None):
+    """{split: (token arrays, example rows)} of the paper's splits named in `splits`, reading the prepared cache
+    once and reusing the cached tokens of the original splits; shots > 0 draws the few-shot subset of train,
+    validation_limit keeps the first validation examples only."""
     canonical = read_cache(task, root)
-    name, idx = split_indices(task, canonical)[split]
-    if shots:
-        idx = idx[few_shot_indices(task, [canonical[name][i] for i in idx], shots)]
-    if limit is not None:
-        idx = idx[:limit]
-    tokens = encode(task, name, canonical[name], tokenizer, root)
-    return select(tokens, idx), [canonical[name][i] for i in idx]
+    indices, tokens, out = split_indices(task, canonical), {}, {}
+    for split in splits:
+        name, idx = indices[split]
+        if split == "train" and shots:
+            idx = idx[few_shot_indices(task, [canonical[name][i] for i in idx], shots)]
+        if split == "validation" and validation_limit is not None:
+            idx = idx[:validation_limit]
+        if name not in tokens:  # the paper's train and validation both come from the original train, often
+            tokens[name] = encode(task, name, canonical[name], tokenizer, root)
+        out[split] = select(tokens[name], idx), [canonical[name][i] for i in idx]
+    return out
 
 
 def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None):
