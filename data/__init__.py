@@ -15,7 +15,7 @@ from collections import Counter
 
 from .batches import (MAX_SOURCE, cached_tokens, collate, concat, epoch_batches, lengths, padding_stats,
                       select, tokenize)
-from .cache import SPLITS, data_dir, read_cache, task_dir, write_cache
+from .cache import SPLITS, data_dir, is_prepared, read_cache, refuse_prepared, task_dir, write_cache
 from .download import download_task
 from .readers import read_task
 from .splits import few_shot, few_shot_indices, paper_splits, split_indices, stratified_take
@@ -34,8 +34,9 @@ def encode(task, split, rows, tokenizer, root=None, max_source=MAX_SOURCE):
 
 def split_tokens(task, splits, tokenizer, root=None, shots=0, validation_limit=None):
     """{split: (token arrays, example rows)} of the paper's splits named in `splits`, reading the prepared cache
-    once and reusing the cached tokens of the original splits; shots > 0 draws the few-shot subset of train,
-    validation_limit keeps the first validation examples only."""
+    once and reusing the cached tokens of the original splits; shots > 0 draws the few-shot subset of train
+    (0: all of train), validation_limit keeps the first validation examples only. A split left empty (the split
+    rule applied to a tiny prepared split) is an error here, before anything trains or evaluates on it."""
     canonical = read_cache(task, root)
     indices, tokens, out = split_indices(task, canonical), {}, {}
     for split in splits:
@@ -44,16 +45,22 @@ def split_tokens(task, splits, tokenizer, root=None, shots=0, validation_limit=N
             idx = idx[few_shot_indices(task, [canonical[name][i] for i in idx], shots)]
         if split == "validation" and validation_limit is not None:
             idx = idx[:validation_limit]
+        if not len(idx):
+            raise DataError(f"{task.name}: the {split} split has no examples (the paper's split rule leaves none "
+                            f"of the {len(canonical[name]):,} in the prepared {name} split); prepare the full "
+                            f"data: python tpv.py download-data {task.name}")
         if name not in tokens:  # the paper's train and validation both come from the original train, often
             tokens[name] = encode(task, name, canonical[name], tokenizer, root)
         out[split] = select(tokens[name], idx), [canonical[name][i] for i in idx]
     return out
 
 
-def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None):
-    """Original files under `source` -> the canonical cache; returns a printable report."""
+def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None, force=False):
+    """Original files under `source` -> the canonical cache; returns a printable report. An existing cache is
+    replaced only with force; every input is checked before anything is written."""
+    refuse_prepared(task_dir(task, root), force)  # now, not after reading originals that may take minutes
     splits, skipped = read_task(task, source, skip_bad_rows)
-    folder = write_cache(task, splits, source, skipped, root)
+    folder = write_cache(task, splits, source, skipped, root, force)
     lines = [f"{task.name}: wrote {folder}"]
     for split in SPLITS:
         if split not in splits:
@@ -74,6 +81,6 @@ def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None):
 
 
 __all__ = ["TASKS", "DataError", "Task", "get_task", "load_task", "split_tokens", "prepare", "read_task", "read_cache",
-           "write_cache", "paper_splits", "split_indices", "few_shot", "few_shot_indices", "stratified_take",
+           "is_prepared", "write_cache", "paper_splits", "split_indices", "few_shot", "few_shot_indices", "stratified_take",
            "encode", "tokenize", "cached_tokens", "select", "concat", "epoch_batches", "collate", "lengths",
            "padding_stats", "download_task", "data_dir", "MAX_SOURCE"]

@@ -6,9 +6,12 @@ and pad each batch only to its longest member: the same examples, far fewer padd
 """
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 import torch
+
+import files
 
 MAX_SOURCE = 256  # the paper's max_source_length
 
@@ -35,22 +38,39 @@ def tokenize(task, rows, tokenizer, max_source=MAX_SOURCE):
             "truncated": np.int64(truncated)}
 
 
+TOKEN_ARRAYS = {"source", "source_offsets", "target", "target_offsets", "truncated"}
+
+
+def load_tokens(path, stamp, n_rows):
+    """The token arrays stored at path when they are those of these rows, else None: a missing, stale,
+    truncated or corrupt cache is only a cache, rebuilt rather than reported."""
+    try:
+        with np.load(path) as cached:
+            arrays = {k: cached[k] for k in cached.files}
+    # what np.load raises for: no file, zero bytes, a zip cut short or with a bad CRC, pickles, a bare .npy
+    except (OSError, EOFError, ValueError, TypeError, zipfile.BadZipFile):
+        return None
+    whole = set(arrays) == TOKEN_ARRAYS | {"stamp"} and all(  # one offset per row, the last one at the end
+        arrays[f"{k}_offsets"].shape == (n_rows + 1,) and arrays[f"{k}_offsets"][-1] == arrays[k].size
+        for k in ("source", "target"))
+    return {k: arrays[k] for k in TOKEN_ARRAYS} if whole and np.array_equal(arrays["stamp"], stamp) else None
+
+
 def cached_tokens(task, split, rows, tokenizer, folder, max_source=MAX_SOURCE):
     """tokenize(), stored as folder/tokens/<split>-<tokenizer>-<max>.npz and rebuilt when the tokenizer or the
-    split's JSONL changes."""
+    split's JSONL changes, or the stored file is damaged."""
     jsonl = os.path.join(folder, f"{split}.jsonl")
     stamp = np.array([os.path.getsize(jsonl), os.stat(jsonl).st_mtime_ns], dtype=np.int64) \
         if os.path.exists(jsonl) else np.array([len(rows), 0], dtype=np.int64)
     path = os.path.join(folder, "tokens", f"{split}-{tokenizer_key(tokenizer)}-{max_source}.npz")
-    if os.path.exists(path):
-        with np.load(path) as cached:
-            if np.array_equal(cached["stamp"], stamp):
-                return {k: cached[k] for k in cached.files if k != "stamp"}
-    tokens = tokenize(task, rows, tokenizer, max_source)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, stamp=stamp, **tokens)
-    os.replace(path + ".tmp", path)
+    tokens = load_tokens(path, stamp, len(rows))
+    if tokens is None:
+        tokens = tokenize(task, rows, tokenizer, max_source)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a temporary file's name
+                np.savez(f, stamp=stamp, **tokens)
+        files.atomic_write(path, write)
     return tokens
 
 

@@ -1,15 +1,17 @@
 """
 Fetching each task's original distribution from its public URL (the ones HF `datasets` scripts used), with
-resume and progress (hub.download), sha256 checks of the files whose hashes are known
-(../shared/data/MANIFEST.md), and atomic extraction into data_cache/raw/<task>/files.
+resume and progress (hub.download), sha256 checks of the files whose hashes are known (KNOWN_SHA256),
+and atomic extraction into data_cache/raw/<task>/files.
 
 TPV_DATA_MIRROR=URL fetches <URL>/<task>/<file name> instead (a mirror, or a local server in the tests).
+Offline (allow_download=False, or TPV_OFFLINE=1) only the files downloaded before are unpacked and checked.
 """
 import os
 import shutil
 import tarfile
 import zipfile
 
+import files
 import hub
 
 from .tasks import DataError
@@ -82,8 +84,8 @@ def extract(archive, target):
 def verify(task, folder):
     """Checks every file with a known sha256; returns how many were checked."""
     checked = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
+    for root, _, names in os.walk(folder):
+        for name in names:
             expected = KNOWN_SHA256.get((task, name))
             if expected and not name.endswith(".part"):
                 path = os.path.join(root, name)
@@ -94,21 +96,25 @@ def verify(task, folder):
     return checked
 
 
-def download_task(task, root):
-    """Fetches and unpacks task's original files; returns the folder to prepare from."""
+def download_task(task, root, allow_download=True):
+    """Fetches (unless allow_download is False) and unpacks task's original files; returns the folder to
+    prepare from and how many files were checked against a published sha256."""
     raw = os.path.join(root, "raw", task)
-    downloads, files = os.path.join(raw, "downloads"), os.path.join(raw, "files")
-    os.makedirs(downloads, exist_ok=True)
-    fetched = []
-    for url in source_urls(task):
-        dest = os.path.join(downloads, os.path.basename(url))
-        if not os.path.exists(dest):
-            try:
-                hub.download(url, dest)
-            except hub.DownloadError as e:
-                raise DataError(str(e)) from None
-        fetched.append(dest)
-    staging = files + ".staging"
+    downloads, unpacked = os.path.join(raw, "downloads"), os.path.join(raw, "files")
+    urls = source_urls(task)
+    fetched = [os.path.join(downloads, os.path.basename(url)) for url in urls]
+    missing = [(url, dest) for url, dest in zip(urls, fetched) if not os.path.exists(dest)]
+    if missing and (not allow_download or hub.offline()):  # checked before any folder is made
+        raise DataError(f"{task}: not downloaded and --offline (or TPV_OFFLINE=1) forbids downloading; run "
+                        f"python tpv.py download-data {task} online once, or prepare the original files you have: "
+                        f"python tpv.py prepare {task} --from DIR")
+    files.make_folder(downloads)
+    for url, dest in missing:
+        try:
+            hub.download(url, dest)
+        except hub.DownloadError as e:
+            raise DataError(str(e)) from None
+    staging = unpacked + ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     for path in fetched:
@@ -123,6 +129,6 @@ def download_task(task, root):
         for path in fetched:
             os.remove(path)
         raise
-    shutil.rmtree(files, ignore_errors=True)  # swap the verified files in
-    os.replace(staging, files)
-    return files, checked
+    shutil.rmtree(unpacked, ignore_errors=True)  # swap the verified files in
+    os.replace(staging, unpacked)
+    return unpacked, checked

@@ -1,9 +1,10 @@
 """
-Readers for each dataset's original distribution files (formats and quirks: ../shared/data/MANIFEST.md).
+Readers for each dataset's original distribution files (formats and quirks: the comments at each reader).
 
 Each reader turns the files under a folder into {"train" | "validation" | "test": [example, ...]} with the
 Hugging Face `datasets` field names and integer labels. Every row is checked; a bad row names `path:line`, the
-reason and the offending text, and stops the reading unless the user chose to skip bad rows.
+reason and the offending text, and stops the reading unless the user chose to skip bad rows. A file that yields
+no example (empty, only a header, every row skipped) is an error too, raised before anything is written.
 """
 import csv
 import io
@@ -13,7 +14,7 @@ import re
 import tarfile
 from collections import Counter
 
-from .tasks import DataError
+from .tasks import DataError, excerpt, text_problem
 
 
 class BadRows:
@@ -24,8 +25,7 @@ class BadRows:
 
     def __call__(self, path, line, reason, text):
         if not self.skip:
-            shown = text if len(text) <= 80 else text[:77] + "..."
-            raise DataError(f"{path}:{line}: {reason}: {shown!r} (fix the file, or pass --skip-bad-rows)")
+            raise DataError(f"{path}:{line}: {reason}: {excerpt(text)!r} (fix the file, or pass --skip-bad-rows)")
         self.counts[reason.split(" (")[0]] += 1
 
 
@@ -59,20 +59,24 @@ def lines(path, bad, encoding="utf-8"):
             yield n, text.removeprefix("\ufeff") if n == 1 else text
 
 
-def checked(task_fields, label_field, label_of, rows, bad):
-    """rows: (path, line, example with the raw label, raw text). Maps labels, rejects empty texts."""
+def checked(where, task_fields, label_field, label_of, rows, bad):
+    """rows: (path, line, example with the raw label, raw text) read from `where`. Maps labels, rejects texts
+    that are empty or not text; no example left is an error naming `where`."""
     out = []
     for path, n, example, raw in rows:
         try:
             example[label_field] = label_of(example[label_field])
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):  # TypeError: a JSON list or object, which no label table holds
             bad(path, n, f"unknown label (got {example[label_field]!r})", raw)
             continue
-        empty = [f for f in task_fields if not example[f].strip()]
-        if empty:
-            bad(path, n, f"empty text in field {empty[0]!r}", raw)
+        problem = text_problem(example, task_fields, task_fields)
+        if problem:
+            bad(path, n, problem, raw)
             continue
         out.append(example)
+    if not out:
+        raise DataError(f"{where}: no examples (the file is empty, holds only a header, or every row was bad and "
+                        f"skipped); give prepare the dataset's original files")
     return out
 
 
@@ -94,11 +98,18 @@ def int_in(low, high, offset=0):
 # -----------------------------------------------------------------------------
 # GLUE: tab-separated, quotes are ordinary characters (csv.QUOTE_NONE, as HF's glue.py reads them)
 
-def tsv_rows(path, bad, columns=None):
+def tsv_rows(path, bad, columns=None, required=()):
+    """(line, {column: value}, raw line) of each row; `columns` name them, or else the header, which must name
+    every `required` column (checked before the first row, so a wrong file is one error, not one per row)."""
     it = lines(path, bad)
     if columns is None:
-        _, header = next(it, (0, ""))
+        _, header = next(it, (0, None))
+        if header is None:  # an empty file: no rows, which checked() reports
+            return
         columns = header.split("\t")
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise DataError(f"{path}:1: no column {missing[0]!r} in the header; is this the right file?")
     for n, line in it:
         if not line.strip():
             continue
@@ -109,23 +120,21 @@ def tsv_rows(path, bad, columns=None):
         yield n, dict(zip(columns, fields)), line
 
 
-def glue_reader(files, fields, label_column, label_of, columns=None):
-    """files: {split: file name}; fields: {HF field: file column}."""
-    text_fields = tuple(f for f in fields if f != "label")
-
+def split_reader(files, text_fields, label_of, candidates):
+    """A reader of one original file per split (files: {split: file name}); candidates(path, bad) yields each
+    row as (path, line number, example, raw line), and checked() keeps the good ones."""
     def read(folder, bad):
-        splits = {}
-        for split, path in present(folder, files):
-            rows = []
-            for i, (n, row, raw) in enumerate(tsv_rows(path, bad, columns)):
-                missing = [c for c in [*fields.values(), label_column] if c not in row]
-                if missing:
-                    raise DataError(f"{path}:1: no column {missing[0]!r} in the header; is this the right file?")
-                example = {f: row[c] for f, c in fields.items()}
-                rows.append((path, n, {**example, "label": row[label_column], "idx": i}, raw))
-            splits[split] = checked(text_fields, "label", label_of, rows, bad)
-        return splits
+        return {split: checked(path, text_fields, "label", label_of, list(candidates(path, bad)), bad)
+                for split, path in present(folder, files)}
     return read
+
+
+def glue_reader(files, fields, label_column, label_of, columns=None):
+    """fields: {HF field: file column}."""
+    def candidates(path, bad):
+        for i, (n, row, raw) in enumerate(tsv_rows(path, bad, columns, [*fields.values(), label_column])):
+            yield path, n, {**{f: row[c] for f, c in fields.items()}, "label": row[label_column], "idx": i}, raw
+    return split_reader(files, tuple(f for f in fields if f != "label"), label_of, candidates)
 
 
 GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv"}
@@ -169,12 +178,13 @@ def glue_mrpc(folder, bad):
         return {}
     dev_ids = {tuple(line.split("\t")) for _, line in lines(ids_file, bad) if line}
     rows = {"train": [], "validation": []}
-    for n, row, raw in tsv_rows(source, bad):
+    for n, row, raw in tsv_rows(source, bad, required=("#1 ID", "#2 ID", "#1 String", "#2 String", "Quality")):
         split = "validation" if (row["#1 ID"], row["#2 ID"]) in dev_ids else "train"
         example = {"sentence1": row["#1 String"], "sentence2": row["#2 String"], "label": row["Quality"],
                    "idx": len(rows[split])}
         rows[split].append((source, n, example, raw))
-    return {s: checked(("sentence1", "sentence2"), "label", int_in(0, 1), r, bad) for s, r in rows.items()}
+    return {s: checked(f"{source} ({s} rows, by {ids_file})", ("sentence1", "sentence2"), "label", int_in(0, 1), r,
+                       bad) for s, r in rows.items()}
 
 
 READERS["glue_mrpc"] = glue_mrpc
@@ -184,25 +194,19 @@ READERS["glue_mrpc"] = glue_mrpc
 # JSON lines: SNLI and SciTail (snli_format)
 
 def jsonl_reader(files, fields, text_fields, label_of, dropped_labels=()):
-    def read(folder, bad):
-        splits = {}
-        for split, path in present(folder, files):
-            rows = []
-            for n, line in lines(path, bad):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    example = {f: record[c] for f, c in fields.items()}
-                except (ValueError, KeyError, TypeError) as e:
-                    bad(path, n, f"not a JSON record with {', '.join(fields.values())} ({e})", line)
-                    continue
-                if example["label"] in dropped_labels:  # SNLI's "-": no majority label; HF drops it too
-                    continue
-                rows.append((path, n, example, line))
-            splits[split] = checked(text_fields, "label", label_of, rows, bad)
-        return splits
-    return read
+    def candidates(path, bad):
+        for n, line in lines(path, bad):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                example = {f: record[c] for f, c in fields.items()}
+            except (ValueError, KeyError, TypeError) as e:
+                bad(path, n, f"not a JSON record with {', '.join(fields.values())} ({e})", line)
+                continue
+            if example["label"] not in dropped_labels:  # SNLI's "-": no majority label; HF drops it too
+                yield path, n, example, line
+    return split_reader(files, text_fields, label_of, candidates)
 
 
 NLI_FIELDS = {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"}
@@ -240,11 +244,13 @@ def zhang_reader(columns, make, text_fields, label_field, n_classes):
                     bad(path, start, f"malformed CSV ({e})", "")
                     continue
                 end, raw = reader.line_num, ",".join(record)
+                if not record:  # a blank line, as the other readers skip them
+                    continue
                 if len(record) != columns:
                     bad(path, start, f"wrong column count (expected {columns}, got {len(record)})", raw)
                     continue
                 rows.append((path, start, {**make(record, len(rows)), label_field: record[0]}, raw))
-            splits[split] = checked(text_fields, label_field, int_in(1, n_classes, offset=1), rows, bad)
+            splits[split] = checked(path, text_fields, label_field, int_in(1, n_classes, offset=1), rows, bad)
         return splits
     return read
 
@@ -294,7 +300,7 @@ def trec(folder, bad):
                 continue
             rows.append((path, n, {"text": text, "coarse_label": label.split(":")[0],
                                    "fine_label": TREC_FINE.index(label)}, line))
-        splits[split] = checked(("text",), "coarse_label", index_of(TREC_COARSE), rows, bad)
+        splits[split] = checked(path, ("text",), "coarse_label", index_of(TREC_COARSE), rows, bad)
     return splits
 
 
@@ -329,13 +335,15 @@ def imdb(folder, bad):
                         found.append((*m.groups()[:3], path, f.read()))
     splits = {}
     for split, label, review_id, path, data in sorted(found, key=lambda r: (r[0], r[1] == "pos", int(r[2]))):
+        rows = splits.setdefault(split, [])  # even if every review is bad: checked() then names the split
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             bad(path, 1, f"undecodable bytes (not utf-8 at byte {e.start})", data.decode("utf-8", "replace"))
             continue
-        splits.setdefault(split, []).append((path, 1, {"text": text, "label": label}, text))
-    return {s: checked(("text",), "label", index_of(["neg", "pos"]), rows, bad) for s, rows in splits.items()}
+        rows.append((path, 1, {"text": text, "label": label}, text))
+    return {s: checked(f"{archive or folder} (aclImdb/{s})", ("text",), "label", index_of(["neg", "pos"]), rows, bad)
+            for s, rows in splits.items()}
 
 
 READERS["imdb"] = imdb
@@ -361,7 +369,7 @@ def sst5_trees(folder, bad):
                 continue
             text = " ".join(PTB_UNESCAPE.get(w, w) for w in leaves)
             rows.append((path, n, {"text": text, "label": root.group(1)}, line))
-        splits[split] = checked(("text",), "label", int_in(0, 4), rows, bad)
+        splits[split] = checked(path, ("text",), "label", int_in(0, 4), rows, bad)
     return splits
 
 
@@ -373,8 +381,12 @@ def read_task(task, folder, skip_bad_rows=False):
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: no such folder")
     bad = BadRows(skip_bad_rows)
-    splits = READERS[task.reader](folder, bad)
+    try:
+        splits = READERS[task.reader](folder, bad)
+    except OSError as e:  # a file we found but may not read (permissions, a broken link): one line, as bad rows
+        raise DataError(f"{e.filename or folder}: cannot read ({e.strerror or e}); make it readable, or give "
+                        f"prepare a copy of the original files") from None
     if not splits:
-        raise DataError(f"{folder}: none of {task.name}'s original files found (see data/README or "
-                        f"python tpv.py download-data {task.name})")
+        raise DataError(f"{folder}: none of {task.name}'s original files found (the README's "
+                        f"'Data' section lists them; or run: python tpv.py download-data {task.name})")
     return splits, dict(bad.counts)

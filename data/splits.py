@@ -60,9 +60,13 @@ def paper_splits(task, canonical, seed=SEED):
 
 
 def few_shot_indices(task, train, shots, seed=SEED):
-    """Indices of a stratified subset of `shots` training examples; the same for every origin (seed only)."""
-    if shots > len(train):
-        raise DataError(f"{task.name}: {shots} shots asked, but train has only {len(train)} examples")
+    """Indices of a stratified subset of `shots` training examples; the same for every origin (seed only).
+    Each class gets its share rounded down, and the places left go to the largest remainders: with fewer
+    shots than classes, the most frequent classes get one example each (a tie goes to the lower label) and
+    the rest none, so 1 shot of MNLI is one example of its largest class. 0 shots is an empty subset."""
+    if not 0 <= shots <= len(train):
+        raise DataError(f"{task.name}: {shots} shots asked, but train has only {len(train)} examples; ask for 0 "
+                        f"to {len(train)} shots")
     taken, _ = stratified_take(strata(task, train), shots, seed)
     return taken
 

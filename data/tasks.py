@@ -5,7 +5,9 @@ rule (spec: paper §4; the official code's `tasks/tasks.py` and `Seq2SeqLM.forma
 Examples are stored with the field names of the Hugging Face `datasets` version of each dataset and integer
 labels as there; the template turns one into T5's text-to-text input, `target()` into the label word.
 """
+import string
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,11 @@ class Task:
     split_rule: str  # "large": 1,000 validation examples carved from train; "small": held-out split halved
     heldout: str  # the original split that becomes the test set ("large") or is halved ("small")
     reader: str  # the reader in data/readers.py for the original distribution files
+
+    @cached_property  # asked for every row of a cache that is read
+    def template_fields(self):
+        """The fields the template reads: each must be text (the text_fields must also be non-blank)."""
+        return tuple(name for _, name, _, _ in string.Formatter().parse(self.template) if name)
 
     def source(self, example):
         return self.template.format(**example)
@@ -82,6 +89,34 @@ TASKS = {t.name: t for t in [
 
 class DataError(ValueError):
     """Data the user pointed us to cannot be used; the message names the file (and line) and the fix."""
+
+
+JSON_KINDS = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "text",
+              list: "a list", dict: "an object"}  # what json.loads can return, named for error messages
+
+
+def text_problem(example, fields, required):
+    """Why `example` cannot fill a template, or None: every one of `fields` must be Unicode text (a JSON file may
+    hold a number, null, a list or an object there, which str.format would print, or an unpaired surrogate
+    escape, which no UTF-8 file can hold), those in `required` more than blanks."""
+    for field in fields:
+        if field not in example:
+            return f"no field {field!r}"
+        value = example[field]
+        if not isinstance(value, str):
+            return f"field {field!r} must be text, not {JSON_KINDS[type(value)]}"
+        if field in required and not value.strip():
+            return f"empty text in field {field!r}"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"field {field!r} is not Unicode text (an unpaired surrogate {value[e.start]!r})"
+    return None
+
+
+def excerpt(text, limit=80):
+    """The start of an offending line, for an error message."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def get_task(name):
