@@ -15,6 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
+import files
+
 
 class DownloadError(RuntimeError):
     """Something could not be fetched; the message says what and how to go on."""
@@ -168,7 +170,7 @@ def find_in_hf_cache(name):
 def download_model(name, models_dir="models", quiet=False):
     """Fetches config.json, the safetensors weights (or shards) and spiece.model into models_dir/name."""
     folder = os.path.join(models_dir, name)
-    os.makedirs(folder, exist_ok=True)
+    files.make_folder(folder)
     base = f"{endpoint()}/{repo_id(name)}/resolve/main"
 
     def fetch(file):
@@ -189,38 +191,55 @@ def download_model(name, models_dir="models", quiet=False):
 
 
 def find_local(name_or_dir, models_dir, ready):
-    """The first of: the folder itself, models_dir/name, the HF cache snapshot, whose contents satisfy ready."""
-    for folder in (name_or_dir, os.path.join(models_dir, name_or_dir)):
-        if os.path.isdir(folder) and ready(folder):
-            return folder
+    """The first of: the user's own file or folder, whatever it holds (load_t5 and load_tokenizer say what it
+    lacks, naming the file); models_dir/name, or the HF cache snapshot, whose contents satisfy ready."""
+    path = users_path(name_or_dir, models_dir)
+    if path:
+        return path
+    folder = os.path.join(models_dir, name_or_dir)
+    if os.path.isdir(folder) and ready(folder):
+        return folder
     return find_in_hf_cache(name_or_dir)
 
 
+def users_path(name_or_dir, models_dir):
+    """name_or_dir when it names an existing file or folder, normalised ("DIR/" and "DIR" are one folder); else
+    None. A hub name's folder under models_dir (--models-dir .) is our download, not the user's: when unfinished,
+    it is to be completed, not returned."""
+    path = os.path.normpath(os.path.expanduser(name_or_dir))
+    ours = is_hub_name(name_or_dir) and os.path.realpath(path) == os.path.realpath(os.path.join(models_dir, path))
+    return path if os.path.exists(path) and not ours else None
+
+
+def is_hub_name(name):
+    return not name.startswith((".", "/", "~")) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
+
+
 def check_downloadable(name_or_dir, models_dir, allow_download):
-    if name_or_dir.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_dir):
-        raise DownloadError(f"{name_or_dir}: no such model folder (a folder needs config.json), and not a hub "
-                            f"name like t5-base or google/flan-t5-base")
+    if not is_hub_name(name_or_dir):
+        raise DownloadError(f"{name_or_dir}: no such model folder or file, and not a hub name like t5-base or "
+                            f"google/flan-t5-base")
     if not allow_download or offline():
         raise DownloadError(f"model {name_or_dir} is not in {models_dir}/ nor in the Hugging Face cache, and "
                             f"downloads are off; fetch it with: python tpv.py download {name_or_dir}")
 
 
 def resolve_tokenizer(name_or_dir, models_dir="models", allow_download=True):
-    """A folder holding the model's spiece.model; fetches only that file (under 1 MB) when it is missing."""
+    """A folder holding the model's spiece.model (or the user's own path: load_tokenizer checks it); fetches only
+    that file (under 1 MB) when it is missing."""
     found = find_local(name_or_dir, models_dir, lambda f: os.path.exists(os.path.join(f, "spiece.model")))
     if found:
         return found
     check_downloadable(name_or_dir, models_dir, allow_download)
     folder = os.path.join(models_dir, name_or_dir)
-    os.makedirs(folder, exist_ok=True)
+    files.make_folder(folder)
     download(f"{endpoint()}/{repo_id(name_or_dir)}/resolve/main/spiece.model", os.path.join(folder, "spiece.model"))
     return folder
 
 
 def resolve_model(name_or_dir, models_dir="models", allow_download=True):
-    """A model folder for a name or path: the folder itself, models/NAME, the HF cache, or a fresh download."""
-    if os.path.exists(os.path.join(name_or_dir, "config.json")):  # a folder the user gave: load_t5 checks it
-        return name_or_dir
+    """A model folder for a name or path: the user's own path (load_t5 checks it), models/NAME, the HF cache, or
+    a fresh download."""
     found = find_local(name_or_dir, models_dir, is_complete)
     if found:
         return found

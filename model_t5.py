@@ -15,12 +15,18 @@ References (the "why" of every quirk is cited at the line that implements it):
 import json
 import math
 import os
+import pickle
 import re
 from dataclasses import dataclass, fields
 
+import sentencepiece
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import files
 
 
 class CheckpointError(ValueError):
@@ -30,8 +36,26 @@ class CheckpointError(ValueError):
 # -----------------------------------------------------------------------------
 # config: the field names are the keys of Hugging Face's config.json
 
+def rule(check, allowed):
+    """A field's rule: the values check(value, config) accepts, and the same in words for error messages
+    (formatted with the config's fields)."""
+    return {"check": check, "allowed": allowed}
+
+
+POSITIVE = rule(lambda v, cfg: v > 0, "> 0")
+FRACTION = rule(lambda v, cfg: 0 <= v < 1, "in [0, 1)")
+TOKEN_ID = rule(lambda v, cfg: 0 <= v < cfg.vocab_size, "in [0, {vocab_size}) (below vocab_size)")
+RULES = {**dict.fromkeys(["vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                          "relative_attention_num_buckets", "relative_attention_max_distance", "layer_norm_epsilon"],
+                         POSITIVE),
+         "dropout_rate": FRACTION,
+         **dict.fromkeys(["pad_token_id", "eos_token_id", "decoder_start_token_id"], TOKEN_ID)}
+
+
 @dataclass
 class T5Config:
+    """Every field is checked against its type and its rule in RULES, so that a config.json with a wrong value fails
+    here, naming the key, and not later inside torch (or silently: "false" is a true string)."""
     vocab_size: int = 32128
     d_model: int = 512
     d_kv: int = 64
@@ -52,6 +76,8 @@ class T5Config:
     decoder_start_token_id: int = 0
 
     def __post_init__(self):
+        for f in fields(self):  # in declaration order: TOKEN_ID relies on vocab_size, declared first
+            setattr(self, f.name, checked_value(f, getattr(self, f.name), self))
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_layers
         # configuration_t5.py: "gated-gelu" -> gated, act "gelu_new" (kept for backward compatibility)
@@ -63,8 +89,6 @@ class T5Config:
             self.dense_act_fn = act
         if self.is_gated_act is None:
             self.is_gated_act = parts[0] == "gated"
-        if not 0 <= self.dropout_rate < 1:
-            raise CheckpointError(f"dropout_rate {self.dropout_rate} is not in [0, 1)")
         if self.dense_act_fn not in ACTIVATIONS:
             raise CheckpointError(f"activation {self.dense_act_fn!r} is not supported "
                                   f"(known: {', '.join(ACTIVATIONS)})")
@@ -75,15 +99,59 @@ class T5Config:
         try:
             with open(path, encoding="utf-8") as f:
                 raw = json.load(f)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: cannot read the model config ({e})") from None
+        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+            reason = e.strerror if isinstance(e, OSError) else e
+            raise CheckpointError(f"{path}: cannot read the model config ({reason}); copy config.json from the "
+                                  f"model's hub repo or run: python tpv.py download NAME") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: holds {json_text(raw)}, expected a JSON object of config keys; copy "
+                                  f"config.json from the model's hub repo or run: python tpv.py download NAME")
         if raw.get("model_type", "t5") not in ("t5", "mt5"):
             raise CheckpointError(f"{path}: model_type is {raw['model_type']!r}, but this program implements T5 only")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}; correct it there, or download the model again") from None
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+TYPE_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "a boolean (true or false)"}
+
+
+def checked_value(f, value, cfg):
+    """A config field's value as its declared type (an int given for a float becomes that float), or a
+    CheckpointError naming the key, what it holds and what the field takes."""
+    kinds = getattr(f.type, "__args__", (f.type,))  # `int | None` -> (int, NoneType): null is allowed
+    optional = type(None) in kinds
+    kind = next(k for k in kinds if k is not type(None))
+    if value is None and optional:
+        return value
+    typed = value
+    if kind is float and type(value) is int:  # JSON writes 1.0 as 1; an int beyond float range is infinite
+        typed = float(value) if abs(value) < 2 ** 1024 else math.inf
+    fits = type(typed) is kind  # exact: to isinstance a bool is an int, but JSON's true is not 1
+    if fits and kind is float:
+        fits = math.isfinite(typed)
+    field_rule = RULES.get(f.name, {})
+    if fits and field_rule:
+        fits = field_rule["check"](typed, cfg)
+    if not fits:
+        words = [TYPE_NAMES.get(kind, kind.__name__), field_rule.get("allowed", "").format(**vars(cfg)),
+                 "or null" if optional else ""]
+        raise CheckpointError(f"{f.name} is {json_text(value)}, expected {' '.join(w for w in words if w)}")
+    return typed
+
+
+def json_text(value, limit=40):
+    """A value as config.json spells it ("32", null, true), cut short: error messages stay one short line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # a value given from Python, not read from JSON
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def gelu_new(x):
@@ -93,28 +161,6 @@ def gelu_new(x):
 
 ACTIVATIONS = {"relu": F.relu, "gelu_new": gelu_new, "gelu": F.gelu, "silu": F.silu,
                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
-
-
-def dropout(x, rate, training):
-    """F.dropout with cheaper random numbers on the CPU, where torch's bernoulli_ draws one 32-bit number per
-    element: that took 0.65 s of a 2.17 s t5-small prompt-tuning step (bench.py step), this takes 0.25 s.
-
-    One 64-bit draw from torch's generator gives four 16-bit uniform integers, one per element, so the drop
-    probability is `rate` rounded to a multiple of 2**-16 (0.1 -> 6554/65536 = 0.1000061). Kept values are
-    multiplied by the inverse of that same keep probability, so the expectation is x. The masks come from
-    torch's default generator: seeded by torch.manual_seed and saved by torch.get_rng_state like every other
-    random number. GPUs keep torch's fused kernel, cheap there.
-    """
-    if not training or rate == 0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, rate, True)
-    drop_below = round(rate * 65536)  # of 65536 equally likely 16-bit values, this many drop the element
-    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)  # the full 64-bit range
-    bits = words.view(torch.int16)[:x.numel()].view(x.shape)  # (numel/4,) int64 -> x's shape in int16, on [-2^15, 2^15)
-    keep = bits >= drop_below - 32768
-    # where, not x * keep: a bool operand of mul is first copied to a float tensor of x's size
-    return torch.where(keep, x, 0).mul_(65536 / (65536 - drop_below))
 
 
 # -----------------------------------------------------------------------------
@@ -405,6 +451,31 @@ def score_candidates(model, input_ids, attention_mask, prompt, candidates):
 
 
 # -----------------------------------------------------------------------------
+# dropout on the CPU (the network above calls it; GPUs use torch's kernel)
+
+def dropout(x, rate, training):
+    """F.dropout with cheaper random numbers on the CPU, where torch's bernoulli_ draws one 32-bit number per
+    element and took a large share of a prompt-tuning step (measured in docs/speed.md).
+
+    One 64-bit draw from torch's generator gives four 16-bit uniform integers, one per element, so the drop
+    probability is `rate` rounded to a multiple of 2**-16 (0.1 -> 6554/65536 = 0.1000061). Kept values are
+    multiplied by the inverse of that same keep probability, so the expectation is x. The masks come from
+    torch's default generator: seeded by torch.manual_seed and saved by torch.get_rng_state like every other
+    random number. GPUs keep torch's fused kernel, cheap there.
+    """
+    if not training or rate == 0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, rate, True)
+    drop_below = round(rate * 65536)  # of 65536 equally likely 16-bit values, this many drop the element
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)  # the full 64-bit range
+    bits = words.view(torch.int16)[:x.numel()].view(x.shape)  # (numel/4,) int64 -> x's shape in int16, on [-2^15, 2^15)
+    keep = bits >= drop_below - 32768
+    # where, not x * keep: a bool operand of mul is first copied to a float tensor of x's size
+    return torch.where(keep, x, 0).mul_(65536 / (65536 - drop_below))
+
+
+# -----------------------------------------------------------------------------
 # loading Hugging Face checkpoints (safetensors only)
 
 IGNORED_KEYS = {"decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"}  # HF ignores it too
@@ -417,6 +488,29 @@ def embedding_aliases(cfg):
     return names + (["lm_head.weight"] if cfg.tie_word_embeddings else [])
 
 
+def model_folder(path):
+    """path when it is a folder; else one line saying whether it is absent or a file."""
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{path} is a file, not a model folder; pass the folder that holds its config.json, "
+                              f"model.safetensors and spiece.model")
+    raise CheckpointError(f"{path}: no such model folder; get one with: python tpv.py download t5-base")
+
+
+def model_file(folder, name, what):
+    """folder/name, or one line naming the missing file (`what` says what it is) and how to get it."""
+    file = os.path.join(folder, name)
+    if not os.path.exists(file):  # one that exists but cannot be read is reported by its reader
+        raise missing_file(folder, name, what)
+    return file
+
+
+def missing_file(folder, name, what):
+    return CheckpointError(f"{folder} has no {name} ({what}); copy it from the model's hub repo or run: "
+                           f"python tpv.py download NAME")
+
+
 def checkpoint_files(path):
     """The safetensors files of a model folder: model.safetensors, or the shards of its index."""
     index = os.path.join(path, "model.safetensors.index.json")
@@ -424,8 +518,11 @@ def checkpoint_files(path):
         try:
             with open(index, encoding="utf-8") as f:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
+            if not all(isinstance(s, str) for s in shards):
+                raise ValueError("weight_map values must be file names")
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:  # TypeError: unhashable values
+            raise CheckpointError(f"{index}: not a safetensors index ({e}); download the model again "
+                                  f"(python tpv.py download NAME)") from None
         missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
         if missing:
             raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}; download the "
@@ -438,15 +535,12 @@ def checkpoint_files(path):
         raise CheckpointError(f"{path} holds only pytorch_model.bin: tpv loads safetensors only, because pickle "
                               f"files can run arbitrary code when loaded; convert it once with: "
                               f"python tpv.py convert {path}")
-    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json; "
-                          f"get a model with: python tpv.py download t5-base")
+    raise missing_file(path, "model.safetensors", "the weights; or model.safetensors.index.json and its shards")
 
 
-def read_safetensors(files):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def read_safetensors(shards):
     tensors = {}
-    for file in files:
+    for file in shards:
         try:
             tensors.update(load_file(file))
         except (SafetensorError, OSError) as e:
@@ -491,13 +585,11 @@ def load_t5(path, device="cpu", dtype=torch.float32):
     if dtype not in LOADABLE_DTYPES:
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}: T5 overflows in float16 "
                          f"(transformers#9295); for fp16 speed use autocast over float32 weights")
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such model folder; get one with: python tpv.py download t5-base")
-    cfg = T5Config.from_json(os.path.join(path, "config.json"))
-    files = checkpoint_files(path)
+    cfg = T5Config.from_json(model_file(model_folder(path), "config.json", "the model config"))
+    shards = checkpoint_files(path)
     with torch.device("meta"):  # build without allocating or initialising: every weight comes from the file
         model = T5(cfg)
-    problems, tensors = check_weights(model, read_safetensors(files))
+    problems, tensors = check_weights(model, read_safetensors(shards))
     if problems:
         raise CheckpointError(f"{path} does not fit its config.json: " + "; ".join(problems))
     model = model.to(dtype).to_empty(device=device)
@@ -510,6 +602,38 @@ def load_t5(path, device="cpu", dtype=torch.float32):
     return model.eval().requires_grad_(False)
 
 
+def save_t5(model, folder):
+    """model.safetensors and config.json in Hugging Face's format (load_t5 and transformers read them back)."""
+    # named_parameters lists the tied embedding once, as shared.weight: safetensors refuses shared memory
+    save_file({k: v.detach().contiguous() for k, v in model.named_parameters()},
+              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"model_type": "t5", **model.config.to_dict()}, f, indent=1)
+
+
+def convert_bin(folder, force=False):
+    """pytorch_model.bin -> model.safetensors beside it, reading the pickle with weights_only=True (no code runs).
+    Returns (path written, tensors kept, tied duplicates dropped)."""
+    source, target = os.path.join(folder, "pytorch_model.bin"), os.path.join(folder, "model.safetensors")
+    if not os.path.isfile(source):
+        raise CheckpointError(f"{source}: no such file (sharded .bin checkpoints are not supported)")
+    files.refuse_existing(target, force, "model")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        raise CheckpointError(f"{source}: not a plain state dict of tensors ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{source}: not a plain state dict of tensors")
+    seen, tensors = set(), {}  # safetensors refuses tensors that share memory (tied embeddings): one per storage
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            tensors[name] = t.contiguous()
+    files.atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    return target, len(tensors), len(state) - len(tensors)
+
+
 # -----------------------------------------------------------------------------
 # tokenizer: sentencepiece with T5's conventions
 
@@ -519,11 +643,11 @@ class Tokenizer:
     SPECIAL = re.compile(r"(<extra_id_\d{1,2}>|</s>|<pad>|<unk>)")  # T5 has 100 sentinels
 
     def __init__(self, model_file):
-        import sentencepiece
         try:
             self.sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
         except (OSError, RuntimeError) as e:
-            raise CheckpointError(f"{model_file}: not a sentencepiece model ({e})") from None
+            raise CheckpointError(f"{model_file}: not a sentencepiece model ({e}); copy spiece.model from the "
+                                  f"model's hub repo again") from None
         self.model_file = model_file
         self.n_pieces = self.sp.get_piece_size()
         self.pad_id, self.eos_id, self.unk_id = 0, 1, 2
@@ -558,7 +682,9 @@ class Tokenizer:
 
 def load_tokenizer(path):
     """A folder holding spiece.model, or the .model file itself -> Tokenizer."""
-    file = os.path.join(path, "spiece.model") if os.path.isdir(path) else path
-    if not os.path.exists(file):
-        raise CheckpointError(f"{file}: no sentencepiece model; get one with: python tpv.py download t5-base")
-    return Tokenizer(file)
+    if os.path.isdir(path):
+        return Tokenizer(model_file(path, "spiece.model", "the T5 tokenizer"))
+    if os.path.exists(path):
+        return Tokenizer(path)
+    raise CheckpointError(f"{path}: no such model folder or sentencepiece file; get one with: "
+                          f"python tpv.py download t5-base")
