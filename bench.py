@@ -15,8 +15,11 @@ recipe trains), and reports medians over repeats.
 Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
 """
 import argparse
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -24,7 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import data
+import evaluation
 import model_t5
+import train
 
 SHAPES = {  # the published configs' shapes (weights are random)
     "t5-small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64, feed_forward_proj="relu"),
@@ -163,8 +169,6 @@ def parity(args):
 def data_speed(args):
     """On the dataset samples: examples/s of prepare (read + write) and of tokenisation; padded tokens of our
     bucketed batches vs padding every input to 256 (the official recipe), for one epoch at batch 32."""
-    import os
-    import data
     tokenizer = model_t5.load_tokenizer(args.tokenizer)
     folders = {"yelp_polarity": "yelp_polarity", "dbpedia": "dbpedia", "yahoo": "yahoo_answers"}
     print(f"{'task':14}{'examples':>9}{'prepare ex/s':>14}{'tokenise ex/s':>15}{'real tokens':>13}"
@@ -187,7 +191,6 @@ def data_speed(args):
 def eval_speed(args):
     """Examples/s of our evaluation (encoder once, then greedy decoding with the cache, or one packed pass
     over the label words) on random weights of a shape, with SST-2's label words (2 tokens + EOS each)."""
-    import train
     ours, hf = make_models(args.shape, torch.float32)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
@@ -222,8 +225,6 @@ def epoch_speed(args):
     """One training epoch (forward, backward, AdamW per batch, dropout 0.1) over a real dataset sample: our
     length-bucketed, dynamically padded batches; ours padded to 256 as the official recipe pads; and
     transformers + PEFT padded to 256 (the official stack); then one evaluation pass of ours vs PEFT."""
-    import data
-    import train
     ours, hf = make_models(args.shape, torch.float32)
     tokenizer = model_t5.load_tokenizer(args.tokenizer)
     peft_model = None
@@ -280,7 +281,7 @@ def epoch_speed(args):
             peft_s = statistics.median(times["PEFT pad-256"])
             line += f"{peft_s:14.1f}{peft_s / ours_s:6.1f}x"
         # evaluation: ours sorts by length and pads each batch to its longest; the official run padded to 256
-        ours_eval = timed(lambda: train.predict(ours, task, tokens, tokenizer, prompt.detach(), "generate",
+        ours_eval = timed(lambda: evaluation.predict(ours, task, tokens, tokenizer, prompt.detach(), "generate",
                                                 max_new_tokens=args.new_tokens, label=name))
         line += f"{len(lengths) / ours_eval:17.1f}"
         if peft_model is not None:
@@ -308,8 +309,6 @@ def peak_rss_mb():
 
 def memory(args):
     """Peak resident memory of each variant's training steps, each in a process of its own (same weights)."""
-    import subprocess
-    import sys
     print(f"peak resident memory, 2 training steps (dropout 0.1), {args.shape} shape, batch {args.batch}, "
           f"{args.src} source + 50 prompt + 3 target tokens, fp32")
     for name in ("ours", "transformers", "transformers + PEFT"):
@@ -380,57 +379,44 @@ def everything(args, parser):
         chosen.run(chosen)
 
 
+# each command: (what it measures, {option: default or (default, help)}); --shape takes one of SHAPES
+SAMPLES, TOKENIZER = "../shared/data", "../shared/assets/t5-spiece.model"
+COMMANDS = {
+    "step": (step, "prompt-tuning step time, ours vs transformers", {
+        "shape": "t5-small", "batch": 8, "src": (256, "source tokens per example"), "prompt": (50, "soft prompt "
+        "vectors"), "tgt": (3, "target tokens per example"), "precision": ("fp32", "fp32, bf16-autocast (fp32 "
+        "weights under bf16 autocast) or bf16 (bf16 weights)"), "dropout": (0.1, "dropout rate of every variant "
+        "(default: T5's 0.1, as the recipe trains; 0 measures the matrix work alone)"), "repeats": 5,
+        "only": (None, argparse.SUPPRESS)}),
+    "memory": (memory, "peak resident memory of each variant's training step",
+               {"shape": "t5-small", "batch": 8, "src": 256}),
+    "parity": (parity, "logit differences against transformers per config family", {"batch": 4, "src": 128, "tgt": 8}),
+    "data": (data_speed, "data preparation and tokenisation speed, padding overhead", {
+        "samples": (SAMPLES, "the dataset samples folder"), "tokenizer": TOKENIZER,
+        "tasks": "mnli,snli,sst2,qnli,trec,mrpc,rte,cola,stsb,sst5,ag_news", "repeats": 3}),
+    "eval": (eval_speed, "evaluation speed: greedy generation and rank scoring",
+             {"shape": "t5-small", "batch": 64, "src": 128, "prompt": 50, "repeats": 3}),
+    "epoch": (epoch_speed, "one epoch over real samples: bucketed batches vs padding to 256", {
+        "shape": "t5-small", "batch": 32, "samples": SAMPLES, "tokenizer": TOKENIZER, "tasks": "mnli,sst2",
+        "new-tokens": (7, "decoding steps of both evaluations"),
+        "repeats": (1, "training epochs per variant (the median is shown)")}),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("all", help="step (t5-small and t5-base shapes), eval, epoch and memory in one run")
     p.add_argument("--shape", choices=SHAPES, default="t5-small", help="the shape of eval, epoch and memory")
     p.set_defaults(run=lambda args: everything(args, parser))
-    p = sub.add_parser("step", help="prompt-tuning step time, ours vs transformers")
-    p.add_argument("--shape", choices=SHAPES, default="t5-small")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--src", type=int, default=256, help="source tokens per example")
-    p.add_argument("--prompt", type=int, default=50, help="soft prompt vectors")
-    p.add_argument("--tgt", type=int, default=3, help="target tokens per example")
-    p.add_argument("--precision", choices=["fp32", "bf16-autocast", "bf16"], default="fp32",
-                   help="fp32 weights; fp32 weights under bf16 autocast; or bf16 weights")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout rate of every variant (default: T5's 0.1, "
-                   "as the recipe trains; 0 measures the matrix work alone)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--only", default=None, help=argparse.SUPPRESS)
-    p.set_defaults(run=step)
-    p = sub.add_parser("memory", help="peak resident memory of each variant's training step")
-    p.add_argument("--shape", choices=SHAPES, default="t5-small")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--src", type=int, default=256)
-    p.set_defaults(run=memory)
-    p = sub.add_parser("parity", help="logit differences against transformers per config family")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--src", type=int, default=128)
-    p.add_argument("--tgt", type=int, default=8)
-    p.set_defaults(run=parity)
-    p = sub.add_parser("data", help="data preparation and tokenisation speed, padding overhead")
-    p.add_argument("--samples", default="../shared/data", help="the dataset samples folder")
-    p.add_argument("--tokenizer", default="../shared/assets/t5-spiece.model")
-    p.add_argument("--tasks", default="mnli,snli,sst2,qnli,trec,mrpc,rte,cola,stsb,sst5,ag_news")
-    p.add_argument("--repeats", type=int, default=3)
-    p.set_defaults(run=data_speed)
-    p = sub.add_parser("eval", help="evaluation speed: greedy generation and rank scoring")
-    p.add_argument("--shape", choices=SHAPES, default="t5-small")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--src", type=int, default=128)
-    p.add_argument("--prompt", type=int, default=50)
-    p.add_argument("--repeats", type=int, default=3)
-    p.set_defaults(run=eval_speed)
-    p = sub.add_parser("epoch", help="one epoch over real samples: bucketed batches vs padding to 256")
-    p.add_argument("--shape", choices=SHAPES, default="t5-small")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--samples", default="../shared/data")
-    p.add_argument("--tokenizer", default="../shared/assets/t5-spiece.model")
-    p.add_argument("--tasks", default="mnli,sst2")
-    p.add_argument("--new-tokens", type=int, default=7, help="decoding steps of both evaluations")
-    p.add_argument("--repeats", type=int, default=1, help="training epochs per variant (the median is shown)")
-    p.set_defaults(run=epoch_speed)
+    for name, (run, help_text, options) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        for option, spec in options.items():
+            default, text = spec if isinstance(spec, tuple) else (spec, None)
+            kind = {"shape": {"choices": SHAPES}, "precision": {"choices": ["fp32", "bf16-autocast", "bf16"]}}.get(
+                option, {"type": type(default)} if default is not None else {})
+            p.add_argument(f"--{option}", default=default, help=text, **kind)
+        p.set_defaults(run=run)
     args = parser.parse_args()
     args.run(args)
 

@@ -1,22 +1,24 @@
 """
 The paper's experiments on trained prompts (spec: paper §6): zero-shot addition of task prompt vectors with the
 lambda sweep, cross-origin transfer, cosine similarity, and the report that gathers every table and plot
-(results/README.md) beside the paper's numbers. The commands in tpv.py load models and call these.
+(results/README.md) beside the paper's numbers. The arithmetic itself is prompts.py's; the commands in tpv.py
+load models and call these.
 """
 import csv
 import glob
-import json
+import io
 import os
-import re
 
 import numpy as np
 import torch
 
 import data
+import evaluation
+import files
 import metrics
 import plots
 import prompts
-import train
+import runs
 
 LAMBDAS = [round(0.05 * k, 2) for k in range(21)]  # np.arange(0.0, 1.05, 0.05), the official sweep
 SHOTS = [0, 5, 10, 25, 50, 100, 250, 500, 750, 1000]
@@ -40,12 +42,6 @@ PAPER_FEWSHOT = {  # F1 at 0 / 100 shots: random, TPV sum (paper §6b)
     "ag_news": ((0, 50.4), (0, 83.0)), "yahoo": ((0, 27.6), (0, 61.1)), "imdb": ((77.2, 89.4), (90.1, 90.4))}
 
 
-def score(model, tokenizer, task, split_data, prompt, **kw):
-    """Metrics of a prompt on (tokens, rows) of a split, loaded once by the caller (data.split_tokens)."""
-    tokens, rows = split_data
-    return train.evaluate(model, task, tokens, rows, tokenizer, prompt, **kw)[0]
-
-
 # -----------------------------------------------------------------------------
 # zero-shot addition (paper §6c)
 
@@ -55,27 +51,58 @@ def lambda_sweep(model, tokenizer, tasks, origin, summed, root, lambdas=LAMBDAS,
     validation = {t.name: data.split_tokens(t, ["validation"], tokenizer, root)["validation"] for t in tasks}
     sweep = []
     for lam in lambdas:
-        prompt = prompts.apply(origin, summed, lam).to(next(model.parameters()).device)
-        scores = {t.name: metrics.headline(t, score(model, tokenizer, t, validation[t.name], prompt, **kw))
+        prompt = prompts.apply(origin, summed, lam)
+        scores = {t.name: metrics.headline(t, evaluation.evaluate(model, tokenizer, t, validation[t.name], prompt,
+                                                                  **kw))
                   for t in tasks}
         sweep.append({"lambda": lam, **scores, "mean": float(np.mean(list(scores.values())))})
     best = max(sweep, key=lambda s: s["mean"])  # max() keeps the first of equal values
     return best["lambda"], sweep
 
 
+def addition(model, tokenizer, tasks, paths, lam, root, **kw):
+    """origin + lam * (tau_a + tau_b + ...) of the tasks' prompt files, lam swept on validation when None, and its
+    test scores beside each single-task prompt's. -> (combined prompt, origin, record)"""
+    vectors = [prompts.load_vector(p) for p in paths]
+    summed = prompts.add(*vectors)  # checks model, shape and origin
+    sweep = []
+    if lam is None:
+        lam, sweep = lambda_sweep(model, tokenizer, tasks, summed.init, summed, root, **kw)
+    combined = prompts.apply(summed.init, summed, lam)
+    record = {"tasks": [t.name for t in tasks], "lambda": lam, "sweep": sweep, "test": {}, "single": {},
+              "relative": {}, "metrics": {}}
+    for task, path in zip(tasks, paths):
+        test = data.split_tokens(task, ["test"], tokenizer, root)["test"]
+        result = evaluation.evaluate(model, tokenizer, task, test, combined, **kw)
+        single = evaluation.evaluate(model, tokenizer, task, test, prompts.load_prompt(path)[0], **kw)
+        ours, alone = metrics.headline(task, result), metrics.headline(task, single)
+        record["test"][task.name], record["single"][task.name] = ours, alone
+        record["relative"][task.name] = ours / alone if alone else 0.0
+        record["metrics"][task.name] = result
+    return combined, summed.init, record
+
+
+def addition_table(record):
+    lines = [f"{'task':14}{'sum':>8}{'single':>8}{'ratio':>8}"]
+    for name in record["tasks"]:
+        lines.append(f"{name:14}{100 * record['test'][name]:8.1f}{100 * record['single'][name]:8.1f}"
+                     f"{record['relative'][name]:8.2f}")
+    return "\n".join(lines)
+
+
 # -----------------------------------------------------------------------------
 # cross-origin (paper §6a/d): origin_i + tau_j for every pair of trained origins
 
-def cross_origin(model, tokenizer, task, files, origins, root, **kw):
-    """files: {origin: prompt file}. -> {(i, j): headline test metric of origin_i + tau_j}."""
-    device = next(model.parameters()).device
-    inits = {i: prompts.load_prompt(files[i])[1] for i in origins}
-    vectors = {j: prompts.vector(files[j]) for j in origins}
+def cross_origin(model, tokenizer, task, paths, root, **kw):
+    """paths: {origin: prompt file}. -> {"original", "mixed", "pairs"}: headline test metrics of origin_i + tau_j,
+    i == j (original) and i != j (mixed), mean and std over the pairs."""
+    vectors = {o: prompts.load_vector(p) for o, p in paths.items()}
     test = data.split_tokens(task, ["test"], tokenizer, root)["test"]  # read once for all origin pairs
-    return {(i, j): metrics.headline(task, score(model, tokenizer, task, test,
-                                                 prompts.apply(inits[i], vectors[j], check_origin=False).to(device),
-                                                 **kw))
-            for i in origins for j in origins}
+    pairs = {(i, j): metrics.headline(task, evaluation.evaluate(
+        model, tokenizer, task, test, prompts.apply(vectors[i].init, vectors[j], check_origin=False), **kw))
+        for i in paths for j in paths}
+    original, mixed = original_vs_mixed(pairs)
+    return {"original": original, "mixed": mixed, "pairs": {f"{i},{j}": v for (i, j), v in pairs.items()}}
 
 
 def original_vs_mixed(table):
@@ -109,28 +136,41 @@ def similarity_matrix(tensors, tasks, origins, definition):
     return matrix
 
 
+def similarity(out, model, tasks, origins, results):
+    """Cosine similarity of the task prompts and of their vectors, over every trained origin (or `origins`);
+    writes CSV, SVG heatmaps and similarity.md under `results`. Returns the markdown."""
+    found = {}
+    for name in tasks:
+        for o in runs.trained_origins(out, model, name, origins):
+            found[name, o] = prompts.load_prompt(runs.run_paths(out, model, o, name).prompt)[:2]  # (prompt, init)
+    shapes = {prompt.shape for prompt, _ in found.values()}
+    if len(shapes) > 1:
+        raise prompts.PromptError(f"prompts of different shapes cannot be compared: {sorted(map(tuple, shapes))}")
+    kinds = {"prompts": {k: prompt for k, (prompt, _) in found.items()},
+             "vectors": {k: prompts.vector(prompt, init).tau for k, (prompt, init) in found.items()}}
+    return write_similarity(results, kinds, list(tasks), sorted({o for _, o in found}))
+
+
 def write_similarity(out_dir, tensors_by_kind, tasks, origins):
     """CSV, markdown and SVG heatmap for prompts and vectors, flattened and token-mean. Returns the markdown."""
-    os.makedirs(out_dir, exist_ok=True)
     sections = []
     for kind, tensors in tensors_by_kind.items():
         for definition in ("flat", "mean"):
             matrix = similarity_matrix(tensors, tasks, origins, definition)
             stem = os.path.join(out_dir, f"similarity_{kind}_{definition}")
-            with open(stem + ".csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["task"] + tasks)
-                for task, row in zip(tasks, matrix):
-                    writer.writerow([task] + ["" if v is None else f"{v:.4f}" for v in row])
+            csv_text = io.StringIO()
+            writer = csv.writer(csv_text)
+            writer.writerow(["task"] + tasks)
+            for task, row in zip(tasks, matrix):
+                writer.writerow([task] + ["" if v is None else f"{v:.4f}" for v in row])
+            files.write_text(stem + ".csv", csv_text.getvalue())
             title = f"cosine of task {'prompts' if kind == 'prompts' else 'prompt vectors'} ({definition})"
-            with open(stem + ".svg", "w") as f:
-                f.write(plots.heatmap(matrix, tasks, tasks, title))
+            files.write_text(stem + ".svg", plots.heatmap(matrix, tasks, tasks, title))
             table = markdown_table(["", *tasks], [[t, *["–" if v is None else f"{v:.2f}" for v in row]]
                                                    for t, row in zip(tasks, matrix)])
             sections.append(f"### {title}\n\n![{title}]({os.path.basename(stem)}.svg)\n\n{table}\n")
     text = "\n".join(sections)
-    with open(os.path.join(out_dir, "similarity.md"), "w") as f:
-        f.write(text)
+    files.write_text(os.path.join(out_dir, "similarity.md"), text)
     return text
 
 
@@ -142,16 +182,6 @@ def markdown_table(header, rows):
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def main_metric(task, result):
-    """F1 (binary) or macro-F1 (multi-class), as the few-shot tables report; Pearson for STS-B."""
-    return result.get("f1", result.get("macro_f1", result.get("pearson", 0.0)))
-
-
 def mean_std(values):
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}" if values else "–"
 
@@ -159,15 +189,14 @@ def mean_std(values):
 def addition_section(model_dir):
     rows = []
     for path in sorted(glob.glob(os.path.join(model_dir, "origin_*", "*+*.json"))):
-        record = read_json(path)
-        if "lambda" not in record:
-            continue
-        a, b = record["tasks"]
-        paper = PAPER_ADDITION.get((a, b)) or PAPER_ADDITION.get((b, a))
-        paper_text = f"{paper[0]} / {paper[1]} (λ {paper[2]})" if paper else "–"
-        rows.append([f"{a}+{b}", os.path.basename(os.path.dirname(path)),
-                     f"{100 * record['test'][a]:.1f} / {100 * record['test'][b]:.1f}", f"{record['lambda']:.2f}",
-                     f"{record['relative'][a]:.2f} / {record['relative'][b]:.2f}", paper_text])
+        if "_init-" not in os.path.basename(path):  # a sum, not a few-shot run that started from one
+            tasks, lam = files.read_json(path, "tasks"), files.read_json(path, "lambda")
+            test, relative = files.read_json(path, "test"), files.read_json(path, "relative")
+            paper = PAPER_ADDITION.get(tuple(tasks)) or PAPER_ADDITION.get(tuple(reversed(tasks)))
+            rows.append(["+".join(tasks), os.path.basename(os.path.dirname(path)),
+                         " / ".join(f"{100 * test[t]:.1f}" for t in tasks), f"{lam:.2f}",
+                         " / ".join(f"{relative[t]:.2f}" for t in tasks),
+                         f"{paper[0]} / {paper[1]} (λ {paper[2]})" if paper else "–"])
     if not rows:
         return ""
     return ("## Zero-shot addition (paper §6c)\n\nTest exact match (Pearson for STS-B) ×100 of origin + λ(τa + τb), λ "
@@ -177,20 +206,20 @@ def addition_section(model_dir):
 
 def fewshot_section(model_dir, out_dir):
     """Mean ± std over origins of F1 per target, init and shots; a table and an SVG curve per target."""
-    runs = {}
+    found = {}
     for path in glob.glob(os.path.join(model_dir, "origin_*", "*shots*.json")):
-        m = re.fullmatch(r"(\w+)_(\d+)shots(?:_init-(.+))?\.json", os.path.basename(path))
-        if not m:
+        parsed = runs.parse_run_name(os.path.basename(path)[:-5])
+        if not parsed or parsed[0] not in data.TASKS:
             continue
-        target, shots, init = m.group(1), int(m.group(2)), m.group(3) or "random origin"
-        result = read_json(path)["test"].get(target)
+        target, shots, init = parsed
+        result = files.read_json(path, "test").get(target)
         if result:
-            runs.setdefault(target, {}).setdefault(init, {}).setdefault(shots, []).append(
-                main_metric(data.TASKS[target], result))
-    if not runs:
+            found.setdefault(target, {}).setdefault("random origin" if init == "origin" else init, {}).setdefault(
+                shots, []).append(metrics.headline(data.TASKS[target], result, "f1"))
+    if not found:
         return ""
     text = ["## Few-shot transfer (paper §6b)\n\nTest F1 ×100 (macro-F1 for multi-class), mean ± std over origins.\n"]
-    for target, inits in sorted(runs.items()):
+    for target, inits in sorted(found.items()):
         shots = sorted({s for by_shots in inits.values() for s in by_shots})
         rows = [[init] + [mean_std(by_shots.get(s, [])) for s in shots] for init, by_shots in sorted(inits.items())]
         paper = PAPER_FEWSHOT.get(target)
@@ -198,8 +227,8 @@ def fewshot_section(model_dir, out_dir):
                 f"{paper[1][1]}.\n" if paper else "")
         series = {init: [(100 * np.mean(by_shots[s]), 100 * np.std(by_shots[s])) if s in by_shots else None
                          for s in shots] for init, by_shots in sorted(inits.items())}
-        with open(os.path.join(out_dir, f"fewshot_{target}.svg"), "w") as f:
-            f.write(plots.line_chart(series, shots, f"{target}: F1 vs shots", "shots", "F1"))
+        files.write_text(os.path.join(out_dir, f"fewshot_{target}.svg"),
+                         plots.line_chart(series, shots, f"{target}: F1 vs shots", "shots", "F1"))
         text.append(f"### {target}\n\n![{target}](fewshot_{target}.svg)\n\n"
                     + markdown_table(["init", *shots], rows) + "\n" + note)
     return "\n".join(text)
@@ -210,7 +239,7 @@ def cross_origin_section(out_dir):
     if not os.path.exists(path):
         return ""
     rows = []
-    for task, entry in read_json(path).items():
+    for task, entry in files.read_json(path).items():
         paper = PAPER_CROSS_ORIGIN.get(task)
         rows.append([task, f"{entry['original'][0]:.1f} ± {entry['original'][1]:.1f}",
                      f"{entry['mixed'][0]:.1f} ± {entry['mixed'][1]:.1f}",
@@ -222,13 +251,13 @@ def cross_origin_section(out_dir):
 
 def write_report(runs_dir, model, out_dir):
     """results/README.md from what the runs left behind."""
-    os.makedirs(out_dir, exist_ok=True)
-    model_dir = os.path.join(runs_dir, os.path.basename(os.path.normpath(model)))
+    files.make_folder(out_dir)
+    model_dir = runs.model_folder(runs_dir, model)
     singles = []
     for path in sorted(glob.glob(os.path.join(model_dir, "origin_*", "*.json"))):
         name = os.path.basename(path)[:-5]
         if name in data.TASKS:
-            result = read_json(path)["test"][name]
+            result = files.read_json(path, "test", name)
             singles.append((name, os.path.basename(os.path.dirname(path)), metrics.headline(data.TASKS[name], result)))
     by_task = {}
     for name, _, value in singles:
@@ -245,7 +274,5 @@ def write_report(runs_dir, model, out_dir):
             parts.append(f"## Cosine similarity (paper §6a)\n\n{PAPER_SIMILARITY}\n\n" + f.read())
     parts.append(fewshot_section(model_dir, out_dir))
     path = os.path.join(out_dir, "README.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(p for p in parts if p))
-    os.replace(path + ".tmp", path)
+    files.write_text(path, "\n".join(p for p in parts if p))
     return path

@@ -13,6 +13,7 @@ same file never loses or corrupts what is already there.
 import json
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 
 
@@ -28,19 +29,33 @@ def make_folder(folder):
         raise FileError(f"cannot create the folder {folder} ({e.strerror}); choose another path") from None
 
 
-def atomic_write(path, write):
-    """Calls write(temporary path), then renames the temporary file to `path`."""
-    folder = os.path.dirname(path)
-    make_folder(folder)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+def atomic_write(path, write, folder=False):
+    """Calls write(temporary path) (with folder=True, a temporary folder made for it), then renames the result to
+    `path`: a reader sees the old version or the new one, never half of one, and a failed write leaves the old one
+    as it was. With folder=True, a folder that is there is replaced."""
+    make_folder(os.path.dirname(path))
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    old = tmp + ".old"  # a folder cannot be renamed onto a folder: the old one moves here first
     try:
+        if folder:
+            os.makedirs(tmp)
         write(tmp)
-        os.replace(tmp, path)
+        if folder and os.path.exists(path):
+            os.rename(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if os.path.exists(old):
+                os.rename(old, path)  # put the old folder back
+            raise
     except OSError as e:
         raise FileError(f"cannot write {path} ({e.strerror or e}); nothing there was changed") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, old):
+            if os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def write_json(path, record):
@@ -57,14 +72,18 @@ def write_text(path, text):
     atomic_write(path, write)
 
 
-def read_json(path, what="file"):
-    """A JSON file we wrote earlier; a truncated or hand-edited one is one clear line, not a traceback."""
+def read_json(path, *keys):
+    """A JSON file we wrote earlier, or the value at `keys` inside it; a truncated or hand-edited one is one clear
+    line, not a traceback."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise FileError(f"{path}: unreadable {what} ({e}); delete it and run the step that writes it again") \
-            from None
+            value = json.load(f)
+        for key in keys:
+            value = value[key]
+        return value
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise FileError(f"{path}: not a readable tpv record ({type(e).__name__}: {e}); delete it and run the step "
+                        f"that writes it again") from None
 
 
 def refuse_existing(path, force, what="finished result"):
@@ -77,19 +96,25 @@ def exclusive(path):
     """`with exclusive(path):` holds path + ".lock" meanwhile; a lock whose process has died is taken over."""
     lock = path + ".lock"
     make_folder(os.path.dirname(lock))
+    mine = f"{lock}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        holder = lock_holder(lock)
-        if holder is not None and holder != os.getpid() and process_alive(holder):
-            raise FileError(f"{lock}: process {holder} is writing this run now; wait for it to finish (or stop "
-                            f"it) and run again") from None
-        os.remove(lock)  # left behind by a process that died: take it over
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with open(mine, "w") as f:
+            f.write(str(os.getpid()))
+        for attempt in range(2):
+            try:
+                os.link(mine, lock)  # atomic, and the lock holds our process id from its first moment
+                break
+            except FileExistsError:
+                holder = lock_holder(lock)
+                if attempt or holder is None or process_alive(holder):
+                    raise FileError(f"{lock}: process {holder} is writing this run now; wait for it to finish (or "
+                                    f"stop it) and run again") from None
+                os.remove(lock)  # left behind by a process that died: take it over
     except OSError as e:
         raise FileError(f"cannot create {lock} ({e.strerror}); choose a writable folder") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+    finally:
+        if os.path.exists(mine):
+            os.remove(mine)
     try:
         yield
     finally:

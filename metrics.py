@@ -78,6 +78,25 @@ def task_metrics(task, predictions, golds):
     return result
 
 
-def headline(task, result):
-    """The number the paper reports for this task in its addition and cross-origin tables."""
-    return result["pearson"] if not task.labels else result["exact_match"]
+def headline(task, result, kind="exact_match"):
+    """The number the paper reports: exact match in its addition and cross-origin tables, F1 (macro-F1 for
+    multi-class tasks) in its few-shot tables; Pearson for STS-B in both."""
+    if kind not in ("exact_match", "f1"):
+        raise ValueError(f"kind must be exact_match or f1, got {kind!r}")
+    if not task.labels:
+        return result["pearson"]
+    if kind == "exact_match":
+        return result["exact_match"]
+    return result["f1"] if "f1" in result else result["macro_f1"]
+
+
+def table(results):
+    """{name: (split, metrics)} -> a printable table: exact match (= accuracy) and F1 (binary) or macro-F1; for
+    STS-B, Pearson and Spearman (x100)."""
+    lines = [f"{'task':14}{'split':>11}{'examples':>10}{'acc|pearson':>13}{'F1|spearman':>13}{'invalid':>9}"]
+    for name, (split, m) in results.items():
+        main = m.get("exact_match", m.get("pearson"))
+        second = m.get("f1", m.get("macro_f1", m.get("spearman")))
+        lines.append(f"{name:14}{split:>11}{m['examples']:>10,}{100 * main:>13.2f}{100 * second:>13.2f}"
+                     f"{m['invalid']:>9,}")
+    return "\n".join(lines)

@@ -1,9 +1,17 @@
 """
-Soft prompts: where they start (the paper's origins and the other initialisations) and how they are stored.
+The paper's method (Belanec et al., arXiv 2408.01119, §3), in this file and nowhere else:
 
-A prompt file is one safetensors file holding `prompt` (the tuned prompt) and `init` (where tuning started),
-both float32 (n, d), plus string metadata. The task prompt vector is always `prompt - init`, recoverable from
-the file alone (a PEFT checkpoint cannot do this: PEFT never saves the init).
+    origin_i                    a starting prompt: rows of the model's input embedding for token ids drawn from
+                                [0, 5000) by the official recipe (origin_token_ids, origin_prompt)
+    tau = prompt - init         a task prompt vector: what tuning added to the prompt it started from (vector)
+    new = origin + lam * sum    vectors of several tasks added onto the origin they came from (add, apply)
+
+Vectors add only on the origin they were computed from: `check_same_origin` is the one place that checks it.
+Names: `origin` is the paper's theta_0 (origin_i); `init` is where one run's tuning started (an origin, an
+origin plus task vectors, or another initialisation).
+
+A prompt file is one safetensors file holding `prompt` (the tuned prompt) and `init`, both float32 (n, d), plus
+string metadata, so that tau is recoverable from the file alone (PEFT never saves the init).
 """
 import json
 import math
@@ -12,13 +20,88 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-FORMAT_VERSION = "1"
+import files
+
+FORMAT_VERSION = "2"  # 2: every writer records the same metadata keys (task, model, origin, init); 1 still loads
+READABLE_VERSIONS = ("1", "2")
 N_ORIGINS = 10
+ORIGIN_IDS = 5000  # origins draw from token ids [0, 5000) (official scripts/create_origin.py)
 
 
 class PromptError(ValueError):
     """A prompt file or initialisation the user asked for cannot be used; the message says why and how to fix."""
+
+
+# -----------------------------------------------------------------------------
+# task prompt vectors: tau = prompt - init, and their sums
+
+class Vector(NamedTuple):
+    """A task prompt vector and what it may be combined with."""
+    tau: torch.Tensor  # (n, d)
+    init: torch.Tensor  # (n, d): the prompt tuning started from; vectors add only onto the same one
+    model: str
+    name: str
+
+
+def vector(prompt, init, model="", name=""):
+    """The paper's task prompt vector: tau = tuned prompt - its initialisation (element-wise, no scaling)."""
+    return Vector(prompt - init, init, model, name)
+
+
+def load_vector(path):
+    """The task prompt vector stored in a prompt file."""
+    prompt, init, meta = load_prompt(path)
+    return vector(prompt, init, meta.get("model", ""), meta.get("task", os.path.splitext(os.path.basename(path))[0]))
+
+
+def check_same_origin(name, init, origin, where="the initial prompt it is added to"):
+    """Task vectors only add on the origin they were computed from (paper §3: origin_i + sum of tau_i)."""
+    if init.shape != origin.shape or not torch.equal(init, origin):
+        raise PromptError(f"{name} was not trained from {where} but from another initial prompt; task vectors of "
+                          f"different initial prompts do not add (only on the origin they were computed from)")
+
+
+def check_compatible(a, b):
+    if a.tau.shape != b.tau.shape:
+        what = "width" if a.tau.shape[1] != b.tau.shape[1] else "length"
+        raise PromptError(f"{a.name} and {b.name} differ in {what}: {tuple(a.tau.shape)} vs {tuple(b.tau.shape)}")
+    if a.model and b.model and os.path.normpath(a.model) != os.path.normpath(b.model):  # DIR/ is DIR
+        raise PromptError(f"{a.name} was trained on {a.model}, {b.name} on {b.model}: vectors of different models "
+                          f"do not add")
+    check_same_origin(b.name, b.init, a.init, f"the initial prompt of {a.name}")
+
+
+def add(*vectors):
+    """tau_a + tau_b + ...: the sum the paper adds onto an origin."""
+    for v in vectors[1:]:
+        check_compatible(vectors[0], v)
+    first = vectors[0]
+    return Vector(sum(v.tau for v in vectors), first.init, first.model, "+".join(v.name for v in vectors))
+
+
+def neg(a):
+    return Vector(-a.tau, a.init, a.model, f"-{a.name}")
+
+
+def scale(a, coefficient):
+    return Vector(coefficient * a.tau, a.init, a.model, f"{coefficient:g}*{a.name}")
+
+
+def sub(a, b):
+    return add(a, neg(b))._replace(name=f"{a.name}-{b.name}")
+
+
+def apply(origin, v, lam=1.0, check_origin=True, origin_name="the initial prompt it is added to"):
+    """origin + lam * tau (the paper's TaskPrompt.apply). check_origin=False is for the cross-origin experiment,
+    which adds a vector from origin j onto origin i on purpose."""
+    if origin.shape != v.tau.shape:
+        raise PromptError(f"{v.name} has shape {tuple(v.tau.shape)}, the initial prompt {tuple(origin.shape)}")
+    if check_origin:
+        check_same_origin(v.name, v.init, origin, origin_name)
+    return origin + lam * v.tau
 
 
 # -----------------------------------------------------------------------------
@@ -29,9 +112,12 @@ def origin_token_ids(index, n):
     index-th successive permutation of the ids [0, 5000); the encoder prompt takes its first n ids."""
     if not 0 <= index < N_ORIGINS:
         raise PromptError(f"origin must be 0..{N_ORIGINS - 1}, got {index}")
+    if n > ORIGIN_IDS:
+        raise PromptError(f"--prompt-len {n} is more than an origin holds ({ORIGIN_IDS} distinct token ids); "
+                          f"use at most {ORIGIN_IDS}, or --init random / vocab")
     rng = np.random.RandomState(1024)  # legacy MT19937: the same stream as the official np.random.seed(1024)
     for _ in range(index + 1):
-        permutation = rng.permutation(5000)
+        permutation = rng.permutation(ORIGIN_IDS)
     return torch.from_numpy(permutation[:n].copy())
 
 
@@ -39,13 +125,19 @@ def embedding_rows(model, ids):
     return model.shared.weight[ids.to(model.shared.weight.device)].detach().float().cpu().clone()  # (n, d)
 
 
+def origin_prompt(model, index, n):
+    """origin_<index>: (n, d) float32 rows of the model's input embedding."""
+    if model.config.vocab_size < ORIGIN_IDS:
+        raise PromptError(f"the model's vocabulary has {model.config.vocab_size} tokens, but origins use token ids "
+                          f"below {ORIGIN_IDS}; use --init random or vocab with this model")
+    return embedding_rows(model, origin_token_ids(index, n))
+
+
 def initial_prompt(model, tokenizer, spec, n, seed=0):
-    """origin:I | random | vocab | text:... -> (n, d) float32 on the CPU, and a description for the metadata.
-    (Files and sums of task vectors are resolved by the caller, which knows where runs live.)"""
+    """random | vocab | text:... -> (n, d) float32 on the CPU. (Origins: origin_prompt; files and sums of task
+    vectors are resolved by runs.resolve_init, which knows where runs live.)"""
     d = model.config.d_model
     g = torch.Generator().manual_seed(seed)
-    if spec.startswith("origin:"):
-        return embedding_rows(model, origin_token_ids(int(spec[7:]), n))
     if spec == "random":  # PEFT's RANDOM: nn.Embedding's N(0, 1) init (off the vocabulary manifold)
         return torch.randn(n, d, generator=g)
     if spec == "vocab":  # PEFT's SAMPLE_VOCAB: rows of uniformly drawn token ids
@@ -54,7 +146,8 @@ def initial_prompt(model, tokenizer, spec, n, seed=0):
         ids = tokenizer.encode(spec[5:])
         ids = (ids * math.ceil(n / len(ids)))[:n]
         return embedding_rows(model, torch.tensor(ids))
-    raise PromptError(f"unknown --init {spec!r}: use random, vocab, text:\"...\", a prompt file, or task[+task]")
+    raise PromptError(f"unknown --init {spec!r}: use origin, random, vocab, text:\"...\", a prompt file, or "
+                      f"task[+task]")
 
 
 # -----------------------------------------------------------------------------
@@ -62,20 +155,16 @@ def initial_prompt(model, tokenizer, spec, n, seed=0):
 
 def save_prompt(path, prompt, init, meta):
     """Writes path atomically; refuses non-finite tensors (nothing non-finite is ever saved)."""
-    from safetensors.torch import save_file
     prompt, init = prompt.detach().float().cpu().clone(), init.detach().float().cpu().clone()  # never shared
     if not (torch.isfinite(prompt).all() and torch.isfinite(init).all()):
-        raise ValueError(f"refusing to save a non-finite prompt to {path}")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        raise PromptError(f"refusing to save a non-finite prompt to {path}")
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in {**meta, "version": FORMAT_VERSION}.items()}
-    save_file({"prompt": prompt, "init": init}, path + ".tmp", metadata=metadata)
-    os.replace(path + ".tmp", path)
+    files.atomic_write(path, lambda tmp: save_file({"prompt": prompt, "init": init}, tmp, metadata=metadata))
 
 
 def load_prompt(path):
     """-> (prompt, init, metadata), each checked."""
-    from safetensors import SafetensorError, safe_open
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise PromptError(f"{path}: no such prompt file")
     try:
         with safe_open(path, "pt") as f:
@@ -86,7 +175,12 @@ def load_prompt(path):
             prompt, init = f.get_tensor("prompt"), f.get_tensor("init")
     except (SafetensorError, OSError) as e:
         raise PromptError(f"{path}: unreadable safetensors file ({e})") from None
-    if prompt.dim() != 2 or prompt.shape != init.shape or not prompt.is_floating_point():
+    if meta.get("version", "1") not in READABLE_VERSIONS:
+        raise PromptError(f"{path}: prompt file version {meta['version']}, this tpv reads {READABLE_VERSIONS}; "
+                          f"update tpv")
+    if not (prompt.is_floating_point() and init.is_floating_point()):
+        raise PromptError(f"{path}: prompt and init must be float tensors, found {prompt.dtype} and {init.dtype}")
+    if prompt.dim() != 2 or prompt.shape != init.shape:
         raise PromptError(f"{path}: prompt {tuple(prompt.shape)} and init {tuple(init.shape)} must be equal (n, d)")
     if not (torch.isfinite(prompt).all() and torch.isfinite(init).all()):
         raise PromptError(f"{path}: holds NaN or infinite values")
@@ -97,70 +191,6 @@ def check_fits(path, prompt, meta, model_name, d_model):
     """A prompt file must come from the same model (by name and width) as the one it is used with."""
     if prompt.shape[1] != d_model:
         raise PromptError(f"{path}: prompt width {prompt.shape[1]} does not fit the model's d_model {d_model}")
-    if meta.get("model") and model_name and meta["model"] != model_name:
+    trained_on = meta.get("model") and os.path.normpath(meta["model"])
+    if trained_on and model_name and trained_on != os.path.normpath(model_name):
         raise PromptError(f"{path}: trained on {meta['model']}, not {model_name}; pass --model {meta['model']}")
-
-
-# -----------------------------------------------------------------------------
-# task prompt vectors: plain functions on tensors, each checking its operands
-
-class Vector(NamedTuple):
-    """A task prompt vector tau = tuned prompt - init, with what it may be combined with."""
-    tau: torch.Tensor  # (n, d)
-    model: str
-    origin: str  # identifies the init: vectors add only onto the init they were computed from
-    name: str
-
-
-def init_key(init):
-    import hashlib
-    return hashlib.sha256(init.float().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def vector(path):
-    """The task prompt vector stored in a prompt file."""
-    prompt, init, meta = load_prompt(path)
-    name = meta.get("task", os.path.splitext(os.path.basename(path))[0])
-    return Vector(prompt - init, meta.get("model", ""), init_key(init), name)
-
-
-def check_compatible(a, b):
-    if a.tau.shape != b.tau.shape:
-        what = "width" if a.tau.shape[1] != b.tau.shape[1] else "length"
-        raise PromptError(f"{a.name} and {b.name} differ in {what}: {tuple(a.tau.shape)} vs {tuple(b.tau.shape)}")
-    if a.model and b.model and a.model != b.model:
-        raise PromptError(f"{a.name} was trained on {a.model}, {b.name} on {b.model}: vectors of different models "
-                          f"do not add")
-    if a.origin != b.origin:
-        raise PromptError(f"{a.name} and {b.name} were trained from different initial prompts (origins); task "
-                          f"vectors only add on the origin they were computed from")
-
-
-def add(*vectors):
-    for v in vectors[1:]:
-        check_compatible(vectors[0], v)
-    first = vectors[0]
-    return Vector(sum(v.tau for v in vectors), first.model, first.origin, "+".join(v.name for v in vectors))
-
-
-def neg(a):
-    return Vector(-a.tau, a.model, a.origin, f"-{a.name}")
-
-
-def sub(a, b):
-    check_compatible(a, b)
-    return Vector(a.tau - b.tau, a.model, a.origin, f"{a.name}-{b.name}")
-
-
-def scale(a, coefficient):
-    return Vector(coefficient * a.tau, a.model, a.origin, f"{coefficient:g}*{a.name}")
-
-
-def apply(init, v, lam=1.0, check_origin=True):
-    """init + lam * tau (the paper's TaskPrompt.apply). check_origin=False is for the cross-origin experiment,
-    which adds a vector from origin j onto origin i on purpose."""
-    if check_origin and init_key(init) != v.origin:
-        raise PromptError(f"{v.name} was computed from another initial prompt than the one it is applied to")
-    if init.shape != v.tau.shape:
-        raise PromptError(f"{v.name} has shape {tuple(v.tau.shape)}, the initial prompt {tuple(init.shape)}")
-    return init + lam * v.tau

@@ -6,6 +6,7 @@ checkpoints of each config family with `save_pretrained` and compare our model w
 Tests that read ../shared (the real dataset samples, the T5 vocabulary) skip when it is absent.
 """
 import csv
+import dataclasses
 from collections import Counter
 import hashlib
 import http.server
@@ -13,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -303,7 +305,7 @@ def test_unreadable_files_and_folders(checkpoints, tmp_path):
     with pytest.raises(model_t5.CheckpointError, match="no such model folder"):
         model_t5.load_t5(str(tmp_path / "absent"))
     no_config = copy_checkpoint(checkpoints["t5-v1.0"], tmp_path / "noconfig", drop=("config.json",))
-    with pytest.raises(model_t5.CheckpointError, match="cannot read the model config"):
+    with pytest.raises(model_t5.CheckpointError, match="has no config.json"):
         model_t5.load_t5(str(no_config))
     other = copy_checkpoint(checkpoints["t5-v1.0"], tmp_path / "bart")
     (other / "config.json").write_text(json.dumps({"model_type": "bart"}))
@@ -820,10 +822,10 @@ def test_bad_rows_never_overwrite_a_good_cache_and_can_be_skipped(tmp_path):
     before = open(tmp_path / "cache" / "sst2" / "validation.jsonl").read()
     write(tmp_path / "bad" / "dev.tsv", "sentence\tlabel\nfine \t1\nworse \t9\n \t1\nfine too \t0\n")
     with pytest.raises(data.DataError):
-        data.prepare(task, str(tmp_path / "bad"), str(tmp_path / "cache"))
+        data.prepare(task, str(tmp_path / "bad"), str(tmp_path / "cache"), force=True)
     assert open(tmp_path / "cache" / "sst2" / "validation.jsonl").read() == before
     assert not [f for f in os.listdir(tmp_path / "cache" / "sst2") if f.endswith(".tmp")]
-    report = data.prepare(task, str(tmp_path / "bad"), str(tmp_path / "cache"), skip_bad_rows=True)
+    report = data.prepare(task, str(tmp_path / "bad"), str(tmp_path / "cache"), skip_bad_rows=True, force=True)
     assert "skipped rows: 1 unknown label, 1 empty text in field 'sentence'" in report
     assert len(data.read_cache(task, str(tmp_path / "cache"))["validation"]) == 2
 
@@ -914,7 +916,7 @@ def test_cli_download_data_for_plain_files_and_tar_archives(data_mirror, tmp_pat
         assert result.returncode == 0, result.stderr
         assert expected in result.stdout and "longer than 256 tokens" in result.stdout
     assert "1 checked against published sha256" in run_cli(
-        "download-data", "trec", "--data-dir", str(tmp_path / "cache"), "--model", str(tokenizer),
+        "download-data", "trec", "--data-dir", str(tmp_path / "cache"), "--model", str(tokenizer), "--force",
         env={"TPV_DATA_MIRROR": data_mirror.url}).stdout
     result = run_cli("prepare", "trec", "--from", str(tmp_path / "nowhere"), "--model", str(tokenizer))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such folder" in result.stderr
@@ -926,6 +928,8 @@ def test_cli_download_data_for_plain_files_and_tar_archives(data_mirror, tmp_pat
 import signal  # noqa: E402
 import time  # noqa: E402
 
+import cli  # noqa: E402
+import evaluation  # noqa: E402
 import metrics  # noqa: E402
 import prompts  # noqa: E402
 import train  # noqa: E402
@@ -966,6 +970,41 @@ def test_schedule_values():
     assert [train.few_shot_batch_size(n) for n in (5, 25, 50, 250, 500, 1000)] == [2, 2, 8, 8, 16, 16]
 
 
+def test_recipe_fills_task_and_shot_dependent_defaults_and_flags_win():
+    assert (train.recipe("mnli").epochs, train.recipe("mnli").batch_size, train.recipe("mnli").max_steps) == (10, 32,
+                                                                                                               None)
+    assert train.recipe("trec").epochs == 50  # it underfits (prompt_tuning_trec.toml)
+    assert train.recipe("dbpedia,trec").epochs == 10  # the official multi-task configs keep 10
+    few = train.recipe("scitail", shots=100)
+    assert (few.max_steps, few.batch_size, few.validation_limit) == (1000, 8, 250)
+    assert train.recipe("scitail", shots=5).batch_size == 2 and train.recipe("scitail", shots=500).batch_size == 16
+    mine = train.recipe("trec", shots=100, epochs=3, batch_size=4, lr=0.1)
+    assert (mine.epochs, mine.batch_size, mine.lr, mine.max_steps) == (3, 4, 0.1, 1000)
+    paper = train.TrainConfig()
+    assert (paper.lr, paper.weight_decay, paper.warmup, paper.clip_norm, paper.eval_every, paper.prompt_len) == (
+        0.3, 1e-5, 500, 1.0, 100, 50)
+
+
+def test_files_written_before_version_2_still_load_and_resume(tiny, tmp_path):
+    from safetensors.torch import save_file
+    old = tmp_path / "old.safetensors"  # a version 1 prompt file, as the first release wrote it
+    save_file({"prompt": torch.ones(50, 32), "init": torch.zeros(50, 32)}, str(old),
+              metadata={"task": "sst2", "model": "m", "origin": "0", "version": "1"})
+    assert torch.equal(prompts.load_vector(str(old)).tau, torch.ones(50, 32))
+    config = train.recipe("sst2", max_steps=4)
+    state = train.TrainState.new(config, torch.zeros(50, 32), torch.device("cpu"), False)
+    path = str(tmp_path / "old.ckpt.safetensors")
+    state.save(path, config, torch.get_rng_state())
+    tensors, saved = train.load_checkpoint(path)
+    for key in ("clip_norm", "validation_limit", "data_dir"):  # not recorded by version 1 checkpoints
+        del saved["args"][key]
+    save_file(tensors, path, metadata={"state": json.dumps(saved)})
+    train.TrainState.new(config, torch.zeros(50, 32), torch.device("cpu"), False).restore(path, config)
+    with pytest.raises(train.TrainingError, match="lr was 0.3, now 0.2"):
+        train.TrainState.new(config, torch.zeros(50, 32), torch.device("cpu"), False).restore(
+            path, dataclasses.replace(config, lr=0.2))
+
+
 def test_origins_reproduce_the_official_recipe():
     state = np.random.get_state()
     np.random.seed(1024)  # scripts/create_origin.py, with numpy's global generator
@@ -982,10 +1021,9 @@ def test_prompt_tuning_lowers_the_loss_on_a_fixed_batch(checkpoints):
     ids, mask, labels = batch(seed=5, B=4)
     prompt = torch.nn.Parameter(torch.randn(10, 32) * 0.5)
     optimizer = torch.optim.AdamW([prompt], lr=0.3, weight_decay=1e-5)
-    batch_ = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     losses = []
     for _ in range(100):
-        loss = train.batch_loss(model, batch_, prompt, train.nullcontext, torch.device("cpu"))
+        loss = train.summed_loss(model(ids, model_t5.shift_right(labels), mask, prompt=prompt), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -1061,13 +1099,13 @@ def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
 
 
 def test_resume_with_different_arguments_is_refused(tiny, tmp_path, monkeypatch):
-    calls, real = [], train.batch_loss
+    calls, real = [], train.summed_loss
     def interrupt_at_25(*a, **k):  # Ctrl-C during the 25th loss computation
         calls.append(1)
         if len(calls) == 25:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(train, "batch_loss", interrupt_at_25)
+    monkeypatch.setattr(train, "summed_loss", interrupt_at_25)
     with pytest.raises(SystemExit) as e:
         tpv.main(train_args(tiny, tmp_path))
     assert e.value.code == 2 and os.path.exists(run_file(tmp_path, "sst2.ckpt.safetensors"))
@@ -1078,13 +1116,13 @@ def test_resume_with_different_arguments_is_refused(tiny, tmp_path, monkeypatch)
 
 
 def test_non_finite_loss_stops_with_step_and_batch_and_saves_nothing_bad(tiny, tmp_path, monkeypatch, capsys):
-    training_calls, real = [], train.batch_loss
-    def nan_at_step_30(model, *a, **k):
-        loss = real(model, *a, **k)
-        if model.training:  # not the validation passes
+    training_calls, real = [], train.summed_loss
+    def nan_at_step_30(*a, **k):
+        loss = real(*a, **k)
+        if torch.is_grad_enabled():  # not the validation passes
             training_calls.append(1)
-        return loss * float("nan") if len(training_calls) == 30 and model.training else loss
-    monkeypatch.setattr(train, "batch_loss", nan_at_step_30)
+        return loss * float("nan") if len(training_calls) == 30 and torch.is_grad_enabled() else loss
+    monkeypatch.setattr(train, "summed_loss", nan_at_step_30)
     with pytest.raises(SystemExit) as e:
         tpv.main(train_args(tiny, tmp_path))
     assert e.value.code == 2
@@ -1141,13 +1179,14 @@ def test_generation_and_rank_scoring_agree_on_a_model_that_has_learnt_the_labels
     model.requires_grad_(True)  # fine-tune the whole tiny model until it emits label words
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(60):
-        train.batch_loss(model, batch_, None, train.nullcontext, torch.device("cpu")).backward()
+        train.summed_loss(model(batch_["input_ids"], model_t5.shift_right(batch_["labels"]), batch_["attention_mask"]),
+                          batch_["labels"]).backward()
         optimizer.step()
         optimizer.zero_grad()
     model.requires_grad_(False)
     subset = data.select(tokens, idx)
-    generated = train.predict(model, task, subset, tok, None, "generate")
-    ranked = train.predict(model, task, subset, tok, None, "rank")
+    generated = evaluation.predict(model, task, subset, tok, None, "generate")
+    ranked = evaluation.predict(model, task, subset, tok, None, "rank")
     assert all(g in task.labels for g in generated) and generated == ranked
     assert generated == [task.target(rows[i]) for i in idx]
 
@@ -1181,7 +1220,7 @@ def test_train_and_eval_user_errors(tiny, tmp_path):
     ("--dropout", "1", "must be in [0, 1)"), ("--epochs", "1.5", "invalid int value: '1.5'")])
 def test_out_of_range_numbers_are_one_line_errors(flag, value, message, capsys):
     with pytest.raises(SystemExit) as stop:  # before this check, --eval-every 0 crashed deep in the loop
-        tpv.build_parser().parse_args(["train", "sst2", flag, value])
+        cli.build_parser().parse_args(["train", "sst2", flag, value])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"argument {flag}: {message}" in err and err.count("\n") == 1, err
 
@@ -1198,7 +1237,10 @@ def test_init_from_task_vectors_zero_shot_and_multi_task(tiny, tmp_path):
     (sst2, origin, _), (rte, origin2, _) = load("sst2"), load("rte")
     zero, zero_init, meta = load("rte_0shots_init-sst2+rte")
     assert torch.equal(origin, origin2) and meta["shots"] == "0"
-    torch.testing.assert_close(zero_init, origin + (sst2 - origin) + (rte - origin), rtol=0, atol=0)
+    # the paper's origin + 1 * (tau_sst2 + tau_rte), exactly as prompts.add and prompts.apply compute it; the sum
+    # in another order differs only by rounding
+    torch.testing.assert_close(zero_init, origin + 1.0 * ((sst2 - origin) + (rte - origin)), rtol=0, atol=0)
+    torch.testing.assert_close(zero_init, origin + (sst2 - origin) + (rte - origin), rtol=0, atol=1e-6)
     assert torch.equal(zero, zero_init)  # zero shots: no training
     assert "rte" in json.load(open(run_file(tmp_path, "sst2,rte.json")))["test"]  # multi-task: every task tested
     # a vector from another origin does not add onto this one
@@ -1228,8 +1270,9 @@ import experiments  # noqa: E402
 import plots  # noqa: E402
 
 
-def make_vector(name, seed, origin="o", model="m", shape=(4, 3)):
-    return prompts.Vector(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), model, origin, name)
+def make_vector(name, seed, origin=0.0, model="m", shape=(4, 3)):
+    tau = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return prompts.Vector(tau, torch.full(shape, origin), model, name)
 
 
 def test_vector_algebra_identities():
@@ -1240,7 +1283,7 @@ def test_vector_algebra_identities():
     assert torch.allclose(prompts.sub(a, b).tau, prompts.add(a, prompts.scale(b, -1)).tau)
     assert torch.allclose(prompts.scale(prompts.add(a, b), 0.5).tau, 0.5 * a.tau + 0.5 * b.tau)
     assert prompts.add(a, b, c).name == "a+b+c"
-    for other, message in ((make_vector("x", 4, origin="p"), "different initial prompts"),
+    for other, message in ((make_vector("x", 4, origin=1.0), "different initial prompts"),
                            (make_vector("x", 4, model="n"), "different models"),
                            (make_vector("x", 4, shape=(4, 5)), "differ in width"),
                            (make_vector("x", 4, shape=(5, 3)), "differ in length")):
@@ -1252,7 +1295,7 @@ def test_apply_lambda_zero_is_the_origin_and_one_is_the_tuned_prompt(tmp_path):
     init = torch.randn(4, 3)
     tuned = init + torch.randn(4, 3)
     prompts.save_prompt(str(tmp_path / "t.safetensors"), tuned, init, {"model": "m"})
-    v = prompts.vector(str(tmp_path / "t.safetensors"))
+    v = prompts.load_vector(str(tmp_path / "t.safetensors"))
     assert torch.equal(prompts.apply(init, v, 0.0), init)
     torch.testing.assert_close(prompts.apply(init, v, 1.0), tuned, rtol=0, atol=1e-6)
     with pytest.raises(prompts.PromptError, match="another initial prompt"):
@@ -1264,9 +1307,9 @@ def test_lambda_sweep_picks_the_best_mean_validation_score(monkeypatch):
     tasks = [data.get_task("sst2"), data.get_task("rte")]
     curve = {"sst2": lambda lam: 1 - (lam - 0.3) ** 2, "rte": lambda lam: 1 - (lam - 0.5) ** 2}
     monkeypatch.setattr(data, "split_tokens", lambda task, splits, tok, root: {s: None for s in splits})
-    monkeypatch.setattr(experiments, "score", lambda model, tok, task, split_data, prompt, **kw:
+    monkeypatch.setattr(evaluation, "evaluate", lambda model, tok, task, split_data, prompt, **kw:
                         {"exact_match": curve[task.name](float(prompt[0, 0]))})
-    v = make_vector("v", 0, origin=prompts.init_key(torch.zeros(4, 3)))
+    v = make_vector("v", 0, origin=0.0)
     v = v._replace(tau=torch.ones(4, 3))  # origin 0 + lam * 1: the prompt's first entry is lam itself
     model = torch.nn.Linear(1, 1)
     lam, sweep = experiments.lambda_sweep(model, None, tasks, torch.zeros(4, 3), v, None)
@@ -1312,7 +1355,7 @@ def test_experiment_commands_end_to_end(tiny, tmp_path):
     record = json.load(open(run_file(tmp_path, "sst2+rte.json")))
     assert len(record["sweep"]) == 21 and set(record["relative"]) == {"sst2", "rte"}
     summed, origin, _ = prompts.load_prompt(run_file(tmp_path, "sst2+rte.safetensors"))
-    expected = origin + record["lambda"] * sum(prompts.vector(run_file(tmp_path, f"{t}.safetensors")).tau
+    expected = origin + record["lambda"] * sum(prompts.load_vector(run_file(tmp_path, f"{t}.safetensors")).tau
                                                for t in ("sst2", "rte"))
     torch.testing.assert_close(summed, expected)
     assert run_cli("cross-origin", "sst2", "--results", results, *base).returncode == 0
@@ -1337,10 +1380,10 @@ def test_experiment_commands_end_to_end(tiny, tmp_path):
     other = run_file(tmp_path, "rte.safetensors")  # an rte prompt trained from another init than origin_0
     p, i, meta = prompts.load_prompt(other)
     prompts.save_prompt(other, p, i + 1, meta)
-    result = run_cli("add", "sst2", "rte", *base)
+    result = run_cli("add", "sst2", "rte", "--force", *base)
     assert result.returncode == 2 and "different initial prompts" in result.stderr
     (tmp_path / "model" / "origin_0" / "rte.safetensors").write_bytes(b"not a safetensors file")
-    result = run_cli("add", "sst2", "rte", *base)
+    result = run_cli("add", "sst2", "rte", "--force", *base)
     assert result.returncode == 2 and "unreadable safetensors file" in result.stderr
 
 
@@ -1374,6 +1417,174 @@ def test_export_loads_in_peft_and_import_round_trips(tiny, tmp_path):
     (tmp_path / "evil.bin").write_bytes(b"\x80\x04cos\nsystem\n(S'echo hacked'\ntR.")  # a pickle that runs code
     result = run_cli("import", str(tmp_path / "evil.bin"), "--task", "evil", *base)
     assert result.returncode == 2 and "not an official prompt file" in result.stderr and "hacked" not in result.stdout
+
+
+# -----------------------------------------------------------------------------
+# bad inputs at the command line: one line and exit status 2 (or the better outcome), and no file changed
+
+@pytest.fixture(scope="session")
+def finished(tiny, tmp_path_factory):
+    """Runs as a user leaves them: sst2 and rte trained on origin 0, and an sst2 run whose final evaluation was
+    interrupted (its checkpoint is all that is left)."""
+    out = tmp_path_factory.mktemp("finished")
+    quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
+    for task in ("sst2", "rte"):
+        tpv.main(train_args(tiny, out, *quick)[:1] + [task] + train_args(tiny, out, *quick)[2:])
+    real = evaluation.evaluate
+    evaluation.evaluate = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl-C in the test evaluation
+    try:
+        with pytest.raises(SystemExit):
+            tpv.main(train_args(tiny, out, *quick, "--name", "killed"))
+    finally:
+        evaluation.evaluate = real
+    assert os.path.exists(run_file(out, "killed.ckpt.safetensors")) and not os.path.exists(run_file(out, "killed.json"))
+    return out
+
+
+def snapshot(folder):
+    return {p: (open(p, "rb").read(), os.stat(p).st_mtime_ns)
+            for p in (os.path.join(r, f) for r, _, names in os.walk(folder) for f in names)}
+
+
+def cli_outcome(argv, capsys):
+    """(exit status, stderr) of tpv.main in this process: quicker than a subprocess per case."""
+    try:
+        tpv.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def write_bytes(path, content):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+def adapter(folder, config, rows=50):
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    save_file({"prompt_embeddings": torch.zeros(rows, 32)}, os.path.join(folder, "adapter_model.safetensors"))
+    write_bytes(os.path.join(folder, "adapter_config.json"), json.dumps(config).encode())
+
+
+PEFT = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 50}
+
+
+def ckpt(out):
+    return run_file(out, "killed.ckpt.safetensors")
+
+
+# (case, command after "tpv.py", setup(out, tmp) before it, expected stderr fragment); {out}, {tmp}, {model} and
+# {data} are filled in; every case must exit 2 with one line and leave every file under out as it was
+BAD_INPUTS = [
+    # lost work: a finished artefact is never replaced without --force
+    ("add of one task", "add sst2", None, "add needs two or more different tasks"),
+    ("add of a task twice", "add sst2 sst2", None, "add needs two or more different tasks"),
+    ("import over a trained prompt", "import {tmp}/a --task sst2", lambda o, t: adapter(f"{t}/a", PEFT), "exists"),
+    ("train a finished run", "train sst2", None, "this run is finished (pass --force"),
+    ("a second writer of the same run", "train sst2 --name busy",
+     lambda o, t: write_bytes(run_file(o, "busy.safetensors.lock"), str(os.getppid()).encode()), "is writing this run"),
+    ("export over an adapter", "export sst2 --peft {tmp}/a", lambda o, t: adapter(f"{t}/a", PEFT), "pass --force"),
+    ("tiny-model over a folder", "tiny-model {out}/origin_0 --spiece " + SPIECE, None, "is not empty"),
+    # flags
+    ("NaN learning rate", "train sst2 --name x --lr nan", None, "--lr: must be a finite number"),
+    ("huge learning rate", "train sst2 --name x --lr 1e300", None, "--lr: must be at most 10"),
+    ("negative seed", "train sst2 --name x --seed -1", None, "--seed: must be at least 0"),
+    ("huge seed", "train sst2 --name x --seed 99999999999", None, "--seed: must be below"),
+    ("infinite weight decay", "train sst2 --name x --weight-decay inf", None, "must be a finite number"),
+    ("prompt longer than an origin", "train sst2 --name x --prompt-len 6000", None, "more than an origin holds"),
+    ("a path as --name", "train sst2 --name ../../escape", None, "must be a plain file name"),
+    ("a hidden --name", "train sst2 --name .x", None, "must be a plain file name"),
+    ("--out is a file", "train sst2 --out {tmp}/file", lambda o, t: write_bytes(f"{t}/file", b"x"),
+     "cannot create the folder"),
+    ("origins that do not parse", "cross-origin sst2 --origins 0,x", None, "use origins 0..9"),
+    ("a reversed origin range", "similarity --origins 5-2", None, "use origins 0..9"),
+    ("origin 10", "eval sst2 --prompt sst2 --origin 10", None, "invalid choice"),
+    ("NaN lambda", "add sst2 rte --lambda nan", None, "--lambda nan is out of range"),
+    ("download-data offline", "download-data trec --offline --data-dir {tmp}/d", None, "forbids downloading"),
+    # resume
+    ("truncated checkpoint", "train sst2 --name killed --resume",
+     lambda o, t: write_bytes(ckpt(o), open(ckpt(o), "rb").read()[:300]), "not a readable tpv checkpoint"),
+    ("checkpoint without its state", "train sst2 --name killed --resume",
+     lambda o, t: prompts.save_prompt(ckpt(o), torch.zeros(50, 32), torch.zeros(50, 32), {}),
+     "not a readable tpv checkpoint"),
+    ("resume from another data folder", "train sst2 --name killed --resume --max-steps 4 --eval-every 2 --warmup 1 "
+     "--batch-size 16 --data-dir {tmp}/other", None,
+     "--resume with different arguments: data_dir"),
+    # prompt and adapter files
+    ("NaN official prompt", "import {tmp}/nan.bin --task n",
+     lambda o, t: torch.save(torch.full((100, 32), float("nan")), f"{t}/nan.bin"), "NaN or infinite"),
+    ("adapter config that is a list", "import {tmp}/a --task n", lambda o, t: adapter(f"{t}/a", [PEFT]),
+     "not PEFT prompt tuning"),
+    ("num_virtual_tokens as a string", "import {tmp}/a --task n",
+     lambda o, t: adapter(f"{t}/a", {**PEFT, "num_virtual_tokens": "50"}), "must be a positive integer"),
+    ("negative num_virtual_tokens", "import {tmp}/a --task n",
+     lambda o, t: adapter(f"{t}/a", {**PEFT, "num_virtual_tokens": -5}), "must be a positive integer"),
+    ("truncated run record", "report --results {tmp}/r",
+     lambda o, t: write_bytes(run_file(o, "rte.json"), open(run_file(o, "rte.json"), "rb").read()[:40]),
+     "not a readable tpv record"),
+    ("truncated results table", "cross-origin sst2 --results {tmp}/r",
+     lambda o, t: write_bytes(f"{t}/r/cross_origin.json", b'{"sst2": {"orig'), "not a readable tpv record"),
+    ("an integer prompt file", "eval sst2 --prompt {tmp}/int.safetensors",
+     lambda o, t: __import__("safetensors.torch").torch.save_file(
+         {"prompt": torch.zeros(50, 32, dtype=torch.int64), "init": torch.zeros(50, 32, dtype=torch.int64)},
+         f"{t}/int.safetensors"), "must be float tensors"),
+]
+
+
+@needs_shared
+@pytest.mark.parametrize("case, command, setup, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_inputs_are_one_line_and_change_no_file(finished, tiny, tmp_path, capsys, case, command, setup, message):
+    out = tmp_path / "runs"
+    shutil.copytree(finished, out)
+    if setup:
+        setup(str(out), str(tmp_path))
+    before = snapshot(out)
+    argv = command.format(tmp=tmp_path, model=tiny / "model", out=out / "model").split()
+    common = {"tiny-model": [], "download-data": ["--model", str(tiny / "model")]}.get(
+        argv[0], ["--model", str(tiny / "model"), "--out", str(out), "--data-dir", str(tiny / "data")])
+    code, err = cli_outcome(argv[:1] + common + argv[1:], capsys)  # the case's own options come last and win
+    assert code == 2 and message in err and err.count("\n") == 1, (case, code, err)
+    assert snapshot(out) == before, case
+
+
+@needs_shared
+def test_better_outcomes_of_odd_inputs(finished, tiny, tmp_path, capsys):
+    out = tmp_path / "runs"
+    shutil.copytree(finished, out)
+    common = ["--out", str(out), "--data-dir", str(tiny / "data")]
+    # a run killed during its final evaluation is finished by --resume, with the prompt it had selected
+    assert cli_outcome(["train", "sst2", "--name", "killed", "--resume", "--model", str(tiny / "model"), *common,
+                        "--max-steps", "4", "--eval-every", "2", "--warmup", "1", "--batch-size", "16"], capsys)[0] == 0
+    record = json.load(open(run_file(out, "killed.json")))
+    assert "sst2" in record["test"] and not os.path.exists(run_file(out, "killed.ckpt.safetensors"))
+    # --model DIR/ is the model DIR: its prompts are found and fit
+    code, err = cli_outcome(["eval", "sst2", "--prompt", "sst2", "--model", str(tiny / "model") + "/", *common],
+                            capsys)
+    assert code == 0, err
+    # Ctrl-C during the first validation, before any record of one: --resume validates and goes on
+    real, calls = train.validation_loss, []
+    def interrupt_first(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    train.validation_loss = interrupt_first
+    try:
+        first = ["train", "sst2", "--name", "early", "--model", str(tiny / "model"), *common, "--max-steps", "4",
+                 "--eval-every", "2", "--warmup", "1"]
+        assert cli_outcome(first, capsys)[0] == 2 and os.path.exists(run_file(out, "early.ckpt.safetensors"))
+        code, err = cli_outcome(first + ["--resume"], capsys)
+        assert code == 0 and len(json.load(open(run_file(out, "early.json")))["history"]) == 2, err
+    finally:
+        train.validation_loss = real
+    # the lock of a writer that died is taken over
+    write_bytes(run_file(out, "again.safetensors.lock"), b"999999999")
+    assert cli_outcome(["train", "sst2", "--name", "again", "--shots", "0", "--model", str(tiny / "model"),
+                        *common], capsys)[0] == 0
+    assert not os.path.exists(run_file(out, "again.safetensors.lock"))
 
 
 @needs_shared

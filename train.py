@@ -1,35 +1,30 @@
 """
-Prompt tuning and evaluation: the paper's recipe (spec: paper §3, §5) as one flat loop.
+Prompt tuning: the paper's recipe as one dataclass, and one flat loop over it.
 
-    AdamW(lr 0.3, weight decay 1e-5) on the prompt only; linear schedule with 500 warm-up steps; gradient
-    clipping at 1.0; batch 32; 10 epochs (TREC 50); validation loss every 100 steps; the prompt with the lowest
-    validation loss is kept. Few-shot: 1,000 steps, batch 2 / 8 / 16, at most 250 validation examples.
-
-Checkpoints hold everything a run needs to continue bit for bit (prompt, optimizer, schedule position, RNG
-states, data position); data parallel runs (torchrun) split each global batch across ranks and sum the
-prompt's gradient, so N processes compute what one process computes.
+The recipe (paper §3) lives in TrainConfig and nowhere else; `recipe()` fills the numbers that depend on the
+task and the shot count. `train()` reads top to bottom: data, state, then the loop with its step, its log line
+and its validation marked as sections. Checkpoints hold everything a run needs to continue bit for bit (prompt,
+optimizer, schedule position, RNG states, data position); data parallel runs (torchrun) split each global batch
+across ranks and sum the prompt's gradient, so N processes compute what one process computes.
 """
-import hashlib
+import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 import data
-import metrics
+import files
 import model_t5
-import prompts
-
-FEW_SHOT_STEPS, FEW_SHOT_VALIDATION = 1000, 250
-RESUME_KEYS = ("task", "model", "origin", "prompt_len", "shots", "init", "max_steps", "epochs", "batch_size",
-               "lr", "weight_decay", "warmup", "eval_every", "precision", "seed", "dropout")
 
 
 class TrainingError(RuntimeError):
@@ -37,7 +32,55 @@ class TrainingError(RuntimeError):
 
 
 # -----------------------------------------------------------------------------
-# recipe pieces
+# the recipe
+
+@dataclass
+class TrainConfig:
+    # what is trained
+    task: str = "mnli"  # a task, or a comma list: the multi-task SPoT baseline (paper §3)
+    model: str = "t5-base"  # paper §2: the original T5 v1.0 t5-base
+    origin: int = 0  # origin_0 .. origin_9 (paper §3: 10 random inits in v1)
+    init: str = "origin"  # where tuning starts: origin, random, vocab, text:..., a prompt file, or task[+task]
+    prompt_len: int = 50  # paper §2: 50 encoder vectors (PEFT's 50 decoder vectors are never used at inference)
+    shots: int | None = None  # few-shot: N training examples (paper §3); 0: no training, the init is the result
+    # paper §3, configs/prompt_tuning/single-task/prompt_tuning.toml
+    lr: float = 0.3  # AdamW (transformers' default betas and eps)
+    weight_decay: float = 1e-5
+    warmup: int = 500  # linear schedule: 0 -> lr over 500 steps, then linearly to 0
+    clip_norm: float = 1.0  # transformers Trainer's max_grad_norm
+    batch_size: int | None = None  # 32; few-shot: 2 / 8 / 16 (recipe())
+    epochs: int | None = None  # 10; TREC 50 (recipe())
+    max_steps: int | None = None  # None: epochs x batches; few-shot: 1000 (recipe())
+    eval_every: int = 100  # validation loss every 100 steps; the prompt with the lowest one is kept
+    validation_limit: int | None = None  # few-shot: the first 250 validation examples (max_valid_samples)
+    seed: int = 42  # transformers' default seed; the data seed is data.splits.SEED
+    # how it runs
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU (the paper ran fp32)
+    dropout: float | None = None  # None: the model's dropout_rate (0.1 for T5), as the paper trained
+    data_dir: str = "data_cache"
+    log_every: int = 10
+
+
+FEW_SHOT_STEPS, FEW_SHOT_VALIDATION = 1000, 250  # configs/cross_task_init/fewshot/*/N.toml
+NOT_COMPARED_ON_RESUME = ("log_every",)  # the only field that does not change the numbers
+
+
+def few_shot_batch_size(shots):
+    return 2 if shots <= 25 else 8 if shots <= 250 else 16  # configs/cross_task_init/fewshot/*/N.toml
+
+
+def recipe(task, shots=None, **overrides):
+    """The paper's TrainConfig for a task and shot count; `overrides` (the user's flags) win over every default.
+    TREC trains 50 epochs because it underfits (prompt_tuning_trec.toml); a multi-task run that includes TREC
+    keeps 10, as the official multi-task configs (paper §3)."""
+    epochs = 50 if task == "trec" else 10
+    if shots:
+        defaults = {"max_steps": FEW_SHOT_STEPS, "batch_size": few_shot_batch_size(shots),
+                    "validation_limit": FEW_SHOT_VALIDATION}
+    else:
+        defaults = {"batch_size": 32}
+    return TrainConfig(**{"task": task, "shots": shots, "epochs": epochs, **defaults, **overrides})
+
 
 def lr_at(step, base_lr, warmup, total):
     """transformers' get_linear_schedule_with_warmup: 0 -> base_lr over `warmup` steps, then linearly to 0.
@@ -45,10 +88,6 @@ def lr_at(step, base_lr, warmup, total):
     if step < warmup:
         return base_lr * step / max(1, warmup)
     return base_lr * max(0.0, (total - step) / max(1, total - warmup))
-
-
-def few_shot_batch_size(shots):
-    return 2 if shots <= 25 else 8 if shots <= 250 else 16  # configs/cross_task_init/fewshot/*/N.toml
 
 
 def autocast_for(precision, device):
@@ -77,21 +116,12 @@ def distributed():
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def config_hash(model):
-    return hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
-
 # -----------------------------------------------------------------------------
 # losses
 
-def batch_loss(model, batch, prompt, autocast, device):
-    """Summed cross-entropy over the batch's target tokens (labels are -100 on padding)."""
-    batch = {k: v.to(device) for k, v in batch.items()}
-    with autocast():
-        logits = model(batch["input_ids"], model_t5.shift_right(batch["labels"]), batch["attention_mask"],
-                       prompt=prompt)  # (B, T, V)
-    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
-                           reduction="sum")
+def summed_loss(logits, labels):
+    """Summed cross-entropy over the target tokens (labels are -100 on padding), in fp32 under any autocast."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
 
 
 @torch.no_grad()
@@ -101,223 +131,247 @@ def validation_loss(model, tokens, prompt, autocast, device, batch_size=64):
     total, count = 0.0, 0
     order = np.argsort(data.lengths(tokens), kind="stable")
     for start in range(0, len(order), batch_size):
-        batch = data.collate(tokens, order[start:start + batch_size])
-        total += batch_loss(model, batch, prompt, autocast, device).item()
-        count += int((batch["labels"] != -100).sum())
+        batch = {k: v.to(device) for k, v in data.collate(tokens, order[start:start + batch_size]).items()}
+        labels = batch["labels"]
+        with autocast():
+            total += summed_loss(model(batch["input_ids"], model_t5.shift_right(labels), batch["attention_mask"],
+                                       prompt=prompt), labels).item()
+        count += int((labels != -100).sum())
     model.train()
     return total / max(count, 1)
 
 
 # -----------------------------------------------------------------------------
-# evaluation
+# the state of a run: saves and restores itself, so that a resumed run continues bit for bit
 
-@torch.no_grad()
-def predict(model, task, tokens, tokenizer, prompt, scoring="generate", batch_size=64, device="cpu",
-            autocast=nullcontext, max_new_tokens=None, label=""):
-    """Predicted label words (strings) for every example of a token set, with a progress line on long runs."""
-    model.eval()
-    candidates = [tokenizer.encode(w) for w in task.labels] if task.labels else None
-    if scoring == "rank" and not candidates:
-        raise TrainingError(f"--scoring rank needs label words; {task.name} is a regression task")
-    if max_new_tokens is None:  # a generation longer than every label word cannot be one (README)
-        max_new_tokens = max(len(c) for c in candidates) + 4 if candidates else 8
-    order = np.argsort(data.lengths(tokens), kind="stable")  # similar lengths together: less padding
-    predictions, started, shown = [None] * len(order), time.time(), time.time()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in data.collate(tokens, idx).items()}
-        with autocast():
-            if scoring == "rank":
-                scores = model_t5.score_candidates(model, batch["input_ids"], batch["attention_mask"], prompt,
-                                                   candidates)  # (B, C)
-                words = [task.labels[j] for j in scores.argmax(-1).tolist()]
-            else:
-                out = model_t5.generate_greedy(model, batch["input_ids"], batch["attention_mask"], prompt,
-                                               max_new_tokens)
-                words = [tokenizer.decode(ids).strip() for ids in out.tolist()]
-        for i, word in zip(idx, words):
-            predictions[i] = word
-        done = start + len(idx)
-        if time.time() - shown > 5 and done < len(order):
-            rate = done / (time.time() - started)
-            print(f"  eval {label}: {done:,}/{len(order):,} examples, {rate:,.0f} ex/s, "
-                  f"ETA {(len(order) - done) / rate:,.0f}s", file=sys.stderr, flush=True)
-            shown = time.time()
-    return predictions
+@dataclass
+class TrainState:
+    prompt: torch.nn.Parameter  # (n, d), the only trained tensor
+    init: torch.Tensor  # (n, d), where tuning started
+    optimizer: torch.optim.AdamW
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    epoch: int = 0
+    next_batch: int = 0  # position inside the epoch's batches
+    best_loss: float = math.inf
+    best_step: int = 0
+    best_prompt: torch.Tensor = None
+    history: list = field(default_factory=list)
+
+    @classmethod
+    def new(cls, config, init, device, use_scaler):
+        prompt = torch.nn.Parameter(init.clone().to(device))
+        return cls(prompt, init, torch.optim.AdamW([prompt], lr=config.lr, weight_decay=config.weight_decay),
+                   torch.amp.GradScaler(device.type, enabled=use_scaler), best_prompt=prompt.detach().clone())
+
+    def record(self, **extra):
+        """What the run's JSON record keeps of the state."""
+        return {"best_step": self.best_step, "best_validation_loss": self.best_loss, "steps": self.step,
+                "history": self.history, **extra}
+
+    def save(self, path, config, rng_cpu):
+        """Everything needed to continue; rng_cpu is the generator state at the start of the next step."""
+        tensors = {"prompt": self.prompt, "init": self.init, "best_prompt": self.best_prompt, "rng_cpu": rng_cpu,
+                   **{f"adam{k}": v for k, v in self.optimizer.state_dict()["state"].get(0, {}).items()}}
+        if self.prompt.device.type == "cuda":
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(self.prompt.device)
+        bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise TrainingError(f"refusing to checkpoint non-finite {', '.join(bad)}")
+        state = {"args": comparable(config), "step": self.step, "epoch": self.epoch, "next_batch": self.next_batch,
+                 "best_loss": self.best_loss, "best_step": self.best_step, "history": self.history,
+                 "param_groups": self.optimizer.state_dict()["param_groups"],
+                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+        tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
+        files.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(state)}))
+
+    def restore(self, path, config):
+        tensors, state = load_checkpoint(path)
+        now, then = comparable(config), state["args"] | {"model": os.path.normpath(state["args"].get("model", ""))}
+        changed = [k for k in now if k in then and then[k] != now[k]]
+        if changed:
+            k = changed[0]
+            raise TrainingError(f"--resume with different arguments: {k} was {then[k]!r}, now {now[k]!r}; "
+                                f"rerun with the original arguments, or drop --resume and pass --force to start "
+                                f"over")
+        device = self.prompt.device
+        with torch.no_grad():
+            self.prompt.copy_(tensors["prompt"])
+        self.best_prompt = tensors["best_prompt"].to(device)
+        self.optimizer.load_state_dict({"state": {0: {k[4:]: v for k, v in tensors.items() if k.startswith("adam")}},
+                                        "param_groups": state["param_groups"]})
+        if self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(tensors["rng_cpu"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng_cuda"], device)
+        for key in ("step", "epoch", "next_batch", "best_loss", "best_step", "history"):
+            setattr(self, key, state[key])
 
 
-def evaluate(model, task, tokens, rows, tokenizer, prompt, **kw):
-    """The paper's metrics of a prompt on a split; also returns the predictions."""
-    predictions = predict(model, task, tokens, tokenizer, prompt, label=task.name, **kw)
-    golds = [task.target(r) for r in rows]
-    return metrics.task_metrics(task, predictions, golds), predictions
-
-
-# -----------------------------------------------------------------------------
-# checkpoints: everything needed to continue exactly
-
-def save_checkpoint(path, tensors, state):
-    from safetensors.torch import save_file
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise TrainingError(f"refusing to checkpoint non-finite {', '.join(bad)}")
-    save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, path + ".tmp",
-              metadata={"state": json.dumps(state)})
-    os.replace(path + ".tmp", path)
+def comparable(config):
+    """The config as a checkpoint records it: resuming with other values would not continue the same run."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_COMPARED_ON_RESUME}
+    return values | {"data_dir": os.path.abspath(config.data_dir), "model": os.path.normpath(config.model)}
 
 
 def load_checkpoint(path):
-    from safetensors.torch import safe_open
-    with safe_open(path, "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["state"])
+    """-> (tensors, state); a truncated or foreign file is one clear line."""
+    try:
+        with safe_open(path, "pt") as f:
+            tensors, state = {k: f.get_tensor(k) for k in f.keys()}, json.loads((f.metadata() or {})["state"])
+        if not {"prompt", "best_prompt", "rng_cpu"} <= set(tensors):
+            raise KeyError("tensors")
+        return tensors, state
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
+        raise TrainingError(f"{path}: not a readable tpv checkpoint ({type(e).__name__}: {e}); start the run over "
+                            f"with --force (without --resume)") from None
 
 
 # -----------------------------------------------------------------------------
 # the loop
 
-def train(args, model, tokenizer, tasks, init, paths, log=print):
-    """Tunes a prompt from `init` on `tasks` (several: the multi-task SPoT baseline); writes paths["prompt"],
-    paths["json"] and, at every evaluation, paths["checkpoint"]. Returns the run record."""
+def train(config, model, tokenizer, tasks, init, checkpoint, resume=False, log=print):
+    """Tunes a prompt from `init` on `tasks` (several: the multi-task SPoT baseline), checkpointing to
+    `checkpoint` at every validation. Returns (run record, best prompt); the caller writes the files."""
+    if config.shots == 0:  # zero-shot: the initial prompt is the result
+        return {"steps": 0, "history": []}, init
     rank, world, _ = distributed()
     device = next(model.parameters()).device
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(config.precision, device)
     autocast, use_scaler = autocast_for(precision, device)
 
-    # data: train examples of every task in one pool; validation per task (the mean is the selection criterion)
-    train_sets, val_sets = [], {}
-    for task in tasks:
-        splits = data.split_tokens(task, ["train", "validation"], tokenizer, args.data_dir, shots=args.shots,
-                                   validation_limit=FEW_SHOT_VALIDATION if args.shots else None)
-        train_sets.append(splits["train"][0])
-        val_sets[task.name] = splits["validation"][0]
-    train_tokens = data.concat(train_sets)
-    train_lengths, target_lengths = data.lengths(train_tokens), np.diff(train_tokens["target_offsets"])
-    n_examples = len(train_lengths)
-    batches_per_epoch = math.ceil(n_examples / args.batch_size)
-    total = args.max_steps or args.epochs * batches_per_epoch
-
-    prompt = torch.nn.Parameter(init.clone().to(device))
-    optimizer = torch.optim.AdamW([prompt], lr=args.lr, weight_decay=args.weight_decay)  # HF's betas and eps
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    step, epoch, next_batch = 0, 0, 0
-    best_loss, best_step, best_prompt, history = math.inf, 0, prompt.detach().clone(), []
-    comparable = {k: getattr(args, k) for k in RESUME_KEYS}
-
-    if args.resume and os.path.exists(paths["checkpoint"]):
-        tensors, state = load_checkpoint(paths["checkpoint"])
-        changed = [k for k in RESUME_KEYS if state["args"].get(k) != comparable[k]]
-        if changed:
-            k = changed[0]
-            raise TrainingError(f"--resume with different arguments: {k} was {state['args'].get(k)!r}, now "
-                                f"{comparable[k]!r}; rerun with the original arguments, or drop --resume and "
-                                f"pass --force to start over")
-        with torch.no_grad():
-            prompt.copy_(tensors["prompt"])
-        best_prompt = tensors["best_prompt"].to(device)
-        optimizer.load_state_dict({"state": {0: {k[4:]: v for k, v in tensors.items() if k.startswith("adam")}},
-                                   "param_groups": state["param_groups"]})
-        scaler.load_state_dict(state["scaler"]) if use_scaler else None
-        torch.set_rng_state(tensors["rng_cpu"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng_cuda"], device)
-        step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
-        best_loss, best_step, history = state["best_loss"], state["best_step"], state["history"]
-        log(f"resumed {paths['checkpoint']} at step {step}")
+    # --- state: the prompt is the only trained tensor; one AdamW over it
+    state = TrainState.new(config, init, device, use_scaler)
+    prompt = state.prompt
+    if resume and os.path.exists(checkpoint):
+        state.restore(checkpoint, config)
+        log(f"resumed {checkpoint} at step {state.step}")
     else:
-        torch.manual_seed(args.seed + rank)  # dropout masks; the data order has its own seeded generator
+        torch.manual_seed(config.seed + rank)  # dropout masks; the data order has its own seeded generator
 
-    def checkpoint(rng_cpu):
-        if rank != 0:
-            return
-        adam = {f"adam{k}": v for k, v in optimizer.state_dict()["state"].get(0, {}).items()}
-        tensors = {"prompt": prompt, "init": init, "best_prompt": best_prompt, "rng_cpu": rng_cpu, **adam}
-        if device.type == "cuda":
-            tensors["rng_cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(paths["checkpoint"], tensors, {
-            "args": comparable, "step": step, "epoch": epoch, "next_batch": next_batch, "best_loss": best_loss,
-            "best_step": best_step, "history": history, "param_groups": optimizer.state_dict()["param_groups"],
-            "scaler": scaler.state_dict() if use_scaler else {}})
+    # --- data: the train examples of every task in one pool; validation per task (their mean selects)
+    train_tokens, validation_sets = training_data(config, tasks, tokenizer)
+    lengths, target_lengths = data.lengths(train_tokens), np.diff(train_tokens["target_offsets"])
+    total = config.max_steps or config.epochs * math.ceil(len(lengths) / config.batch_size)
 
-    def validate():
-        nonlocal best_loss, best_step, best_prompt
-        losses = {name: validation_loss(model, tokens, prompt, autocast, device) for name, tokens in val_sets.items()}
-        val = float(np.mean(list(losses.values())))  # the official eval_average_loss: the mean over tasks
-        if val < best_loss:
-            best_loss, best_step, best_prompt = val, step, prompt.detach().clone()
-        history.append({"step": step, "validation_loss": val, "lr": lr_at(step - 1, args.lr, args.warmup, total),
-                        **({f"validation_loss_{k}": v for k, v in losses.items()} if len(losses) > 1 else {})})
-        log(f"  validation loss {val:.4f} (best {best_loss:.4f} at step {best_step})")
-        checkpoint(torch.get_rng_state())
-
-    log(f"training {'+'.join(t.name for t in tasks)}: {n_examples:,} examples, {total:,} steps "
-        f"(batch {args.batch_size}{f' over {world} ranks' if world > 1 else ''}), {precision}, {device}")
+    log(f"training {'+'.join(t.name for t in tasks)}: {len(lengths):,} examples, {total:,} steps "
+        f"(batch {config.batch_size}{f' over {world} ranks' if world > 1 else ''}), {precision}, {device}")
     model.train()  # dropout on, as in the paper's runs (the weights stay frozen)
-    started, tokens_seen, window_loss, window_steps = time.time(), 0, 0.0, 0
-    start_step, rng_at_start = step, torch.get_rng_state()
+    started, start_step, tokens_seen, window = time.time(), state.step, 0, []
+    rng_at_step = torch.get_rng_state()  # a checkpoint taken from here on continues exactly
     try:
-        if step and (step % args.eval_every == 0 or step == total) and history[-1]["step"] != step:
-            validate()  # interrupted between a step and its evaluation
-        while step < total:
-            batches = data.epoch_batches(train_lengths, args.batch_size, args.seed, epoch)
-            while next_batch < len(batches) and step < total:
-                idx = batches[next_batch]
-                mine = idx[rank::world]  # this rank's share of the global batch
+        if state.step and due(state.step, config.eval_every, total) and (
+                not state.history or state.history[-1]["step"] != state.step):
+            validate(state, model, validation_sets, autocast, device, config, total, log)  # interrupted before it
+            save_on_rank_0(state, checkpoint, config, rng_at_step, rank)
+        while state.step < total:
+            batches = data.epoch_batches(lengths, config.batch_size, config.seed, state.epoch)
+            while state.next_batch < len(batches) and state.step < total:
+                # --- one step: this rank's share of the global batch, the loss per target token of the batch
+                idx = batches[state.next_batch]
+                mine = idx[rank::world]
                 n_targets = int(target_lengths[idx].sum())
-                lr = lr_at(step, args.lr, args.warmup, total)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                lr = lr_at(state.step, config.lr, config.warmup, total)
+                state.optimizer.param_groups[0]["lr"] = lr  # the prompt is the one parameter group
+                loss = torch.zeros((), device=device)  # a rank without examples in this batch adds nothing
                 if len(mine):
-                    # sum over this rank's tokens / tokens of the global batch: the ranks' gradients add up to
+                    batch = {k: v.to(device) for k, v in data.collate(train_tokens, mine).items()}
+                    with autocast():  # the frozen model; T5.encode prepends the prompt to every input's embeddings
+                        logits = model(batch["input_ids"], model_t5.shift_right(batch["labels"]),
+                                       batch["attention_mask"], prompt=prompt)  # (B, T, V)
+                    # this rank's summed loss / the global batch's target tokens: the ranks' gradients add up to
                     # exactly the gradient of the global batch's mean loss
-                    loss = batch_loss(model, data.collate(train_tokens, mine), prompt, autocast, device) / n_targets
-                    scaler.scale(loss).backward()
-                    loss = loss.detach()
-                else:
-                    loss = torch.zeros((), device=device)
-                if prompt.grad is None:
-                    prompt.grad = torch.zeros_like(prompt)
-                if world > 1:
-                    dist.all_reduce(prompt.grad)
-                    dist.all_reduce(loss)
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_([prompt], 1.0)
-                if not torch.isfinite(loss) or (not use_scaler and not torch.isfinite(grad_norm)):
-                    what = "loss" if not torch.isfinite(loss) else "gradient"
-                    last = f"step {history[-1]['step']}: {paths['checkpoint']}" if history else "none"
-                    raise TrainingError(f"non-finite {what} at step {step + 1} (epoch {epoch}, batch {next_batch}); "
-                                        f"stopped, nothing non-finite was saved; last good checkpoint {last}; "
-                                        f"try a lower --lr or --precision fp32")
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step, next_batch = step + 1, next_batch + 1
-                rng_at_start = torch.get_rng_state()  # a checkpoint taken from here on continues exactly
-                tokens_seen += int(train_lengths[idx].sum()) + len(idx) * init.shape[0] + n_targets
-                window_loss, window_steps = window_loss + loss.item(), window_steps + 1
+                    loss = summed_loss(logits, batch["labels"]) / n_targets
+                    state.scaler.scale(loss).backward()
+                sum_over_ranks(prompt, loss, world)
+                state.scaler.unscale_(state.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_([prompt], config.clip_norm)
+                check_finite(loss, grad_norm, use_scaler, state, checkpoint)
+                state.scaler.step(state.optimizer)
+                state.scaler.update()
+                state.optimizer.zero_grad(set_to_none=True)
+                state.step, state.next_batch = state.step + 1, state.next_batch + 1
+                rng_at_step = torch.get_rng_state()
+                tokens_seen += int(lengths[idx].sum()) + len(idx) * init.shape[0] + n_targets
+                window.append(loss.item())
 
-                if step % args.log_every == 0 or step == total:
-                    elapsed = time.time() - started
-                    eta = elapsed / (step - start_step) * (total - step)
-                    log(f"step {step:>6}/{total} | loss {window_loss / window_steps:.4f} | lr {lr:.2e} | "
-                        f"grad norm {grad_norm.item():.4f} | {tokens_seen / elapsed:,.0f} tok/s | "
-                        f"ETA {eta / 60:.0f}m{eta % 60:02.0f}s")
-                    window_loss, window_steps = 0.0, 0
-                if step % args.eval_every == 0 or step == total:
-                    validate()
-            if next_batch >= len(batches):
-                epoch, next_batch = epoch + 1, 0
+                # --- progress and validation
+                if state.step % config.log_every == 0 or state.step == total:
+                    log(progress_line(state.step, total, start_step, started, window, lr, grad_norm, tokens_seen))
+                    window = []
+                if due(state.step, config.eval_every, total):
+                    validate(state, model, validation_sets, autocast, device, config, total, log)
+                    save_on_rank_0(state, checkpoint, config, rng_at_step, rank)
+            if state.next_batch >= len(batches):
+                state.epoch, state.next_batch = state.epoch + 1, 0
     except KeyboardInterrupt:
         model.train()
-        checkpoint(rng_at_start)  # an interrupted step is redone on --resume, with the same dropout masks
-        raise TrainingError(f"interrupted at step {step}; saved {paths['checkpoint']}: continue with the same "
-                            f"command and --resume") from None
+        save_on_rank_0(state, checkpoint, config, rng_at_step, rank)  # the interrupted step is redone on --resume
+        raise TrainingError(f"interrupted at step {state.step}; saved {checkpoint}: continue with the same command "
+                            f"and --resume") from None
+    return state.record(seconds=time.time() - started), state.best_prompt
 
-    record = {"best_step": best_step, "best_validation_loss": best_loss, "steps": step, "history": history,
-              "seconds": time.time() - started}
-    if rank == 0:
-        meta = {"task": ",".join(t.name for t in tasks), "model": args.model, "model_config": config_hash(model),
-                "origin": str(args.origin), "init": args.init, "seed": str(args.seed), "steps": str(step),
-                "best_step": str(best_step), "best_validation_loss": f"{best_loss:.6f}", "shots": str(args.shots),
-                "prompt_len": str(init.shape[0])}
-        prompts.save_prompt(paths["prompt"], best_prompt, init, meta)
-    return record, best_prompt
+
+# -----------------------------------------------------------------------------
+# the loop's helpers
+
+def training_data(config, tasks, tokenizer):
+    """(train tokens of every task as one pool, {task: validation tokens})."""
+    train_sets, validation_sets = [], {}
+    for task in tasks:
+        splits = data.split_tokens(task, ["train", "validation"], tokenizer, config.data_dir, shots=config.shots,
+                                   validation_limit=config.validation_limit)
+        train_sets.append(splits["train"][0])
+        validation_sets[task.name] = splits["validation"][0]
+    return data.concat(train_sets), validation_sets
+
+
+def due(step, every, total):
+    return step % every == 0 or step == total
+
+
+def validate(state, model, validation_sets, autocast, device, config, total, log):
+    """Validation loss of every task; their mean (the official eval_average_loss) selects the best prompt."""
+    lr = lr_at(state.step - 1, config.lr, config.warmup, total)  # the learning rate of the step just taken
+    losses = {name: validation_loss(model, tokens, state.prompt, autocast, device)
+              for name, tokens in validation_sets.items()}
+    mean = float(np.mean(list(losses.values())))
+    if mean < state.best_loss:
+        state.best_loss, state.best_step, state.best_prompt = mean, state.step, state.prompt.detach().clone()
+    per_task = {f"validation_loss_{k}": v for k, v in losses.items()} if len(losses) > 1 else {}
+    state.history.append({"step": state.step, "validation_loss": mean, "lr": lr, **per_task})
+    log(f"  validation loss {mean:.4f} (best {state.best_loss:.4f} at step {state.best_step})")
+
+
+def sum_over_ranks(prompt, loss, world):
+    """Data parallel: every rank adds the others' gradients (a rank without examples this step adds zeros)."""
+    if world > 1:
+        if prompt.grad is None:
+            prompt.grad = torch.zeros_like(prompt)
+        dist.all_reduce(prompt.grad)
+        dist.all_reduce(loss.detach())  # in place: the detached view shares the loss's storage
+
+
+def save_on_rank_0(state, checkpoint, config, rng, rank):
+    if rank == 0:  # one writer; every rank holds the same state
+        state.save(checkpoint, config, rng)
+
+
+def check_finite(loss, grad_norm, use_scaler, state, checkpoint):
+    """A non-finite loss or gradient stops the run before the update: nothing non-finite is ever saved.
+    (With fp16's gradient scaler an infinite gradient is expected now and then: the scaler skips that step.)"""
+    if torch.isfinite(loss) and (use_scaler or torch.isfinite(grad_norm)):
+        return
+    what = "loss" if not torch.isfinite(loss) else "gradient"
+    last = f"step {state.history[-1]['step']}: {checkpoint}" if state.history else "none"
+    raise TrainingError(f"non-finite {what} at step {state.step + 1} (epoch {state.epoch}, batch {state.next_batch}); "
+                        f"stopped, nothing non-finite was saved; last good checkpoint {last}; try a lower --lr or "
+                        f"--precision fp32")
+
+
+def progress_line(step, total, start_step, started, window, lr, grad_norm, tokens_seen):
+    elapsed = time.time() - started
+    eta = elapsed / (step - start_step) * (total - step)
+    return (f"step {step:>6}/{total} | loss {sum(window) / len(window):.4f} | lr {lr:.2e} | grad norm "
+            f"{grad_norm.item():.4f} | {tokens_seen / elapsed:,.0f} tok/s | ETA {eta / 60:.0f}m{eta % 60:02.0f}s")

@@ -1,0 +1,206 @@
+"""
+tpv's command-line parser: every command's options, each checked where it enters (a number out of range, an
+origin list that does not parse) so that a mistake is one line and exit status 2 before any work starts. The
+recipe's numbers are not repeated here: training options default to None and train.recipe() fills them.
+"""
+import argparse
+import math
+import os
+import sys
+
+import data
+import hub
+import prompts
+import runs
+from train import TrainConfig
+
+
+def fail(message):
+    """A user's mistake: one line on stderr, exit status 2, no traceback."""
+    print(f"tpv: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        fail(f"{message} (see: python {self.prog.replace('tpv', 'tpv.py', 1)} --help)")
+
+
+def at_least(low, convert=int):
+    """An argparse type: a finite number >= low, so that --batch-size 0 or --lr nan is a one-line error."""
+    def parse(text):
+        value = convert(text)  # a ValueError here becomes argparse's "invalid int value: 'x'"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    parse.__name__ = convert.__name__  # argparse names the type in its message
+    return parse
+
+
+def seed(text):
+    """numpy's and torch's generators take seeds in [0, 2**32) (data order) and below 2**63 (dropout)."""
+    value = at_least(0)(text)
+    if value >= 2 ** 32 - 1:
+        raise argparse.ArgumentTypeError(f"must be below {2 ** 32 - 1}, got {text}")
+    return value
+
+
+def dropout_rate(text):
+    value = float(text)
+    if not 0 <= value < 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def learning_rate(text):
+    value = at_least(0, float)(text)
+    if value > 10:  # the paper's 0.3 is already large for prompt tuning; beyond this every run diverges
+        raise argparse.ArgumentTypeError(f"must be at most 10 (the paper uses 0.3), got {text}")
+    return value
+
+
+def lambda_value(text):
+    """auto (None: sweep on validation) or a number in [0, 1]."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--lambda {text} is out of range: use auto or a number in [0, 1] (the paper "
+                                         f"sweeps 0, 0.05, ..., 1)")
+    return value
+
+
+def origin_list(text):
+    try:
+        return runs.parse_origins(text)
+    except runs.RunError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def common_options():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models-dir", default=os.environ.get("TPV_MODELS", "models"),
+                        help="where downloaded models live (default: models, or $TPV_MODELS)")
+    common.add_argument("--offline", action="store_true", default=hub.offline(),
+                        help="never download (also TPV_OFFLINE=1)")
+    return common
+
+
+def run_options():
+    """Options of every command that works with runs: which model, origin and files, and how to evaluate."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", type=runs.model_name, default=TrainConfig.model,
+                   help=f"a model folder or a hub name (default: {TrainConfig.model})")
+    p.add_argument("--origin", type=int, choices=range(prompts.N_ORIGINS), default=TrainConfig.origin, metavar="0..9",
+                   help="which of the paper's 10 origins (default 0)")
+    p.add_argument("--prompt-len", type=at_least(1), default=TrainConfig.prompt_len,
+                   help=f"soft prompt vectors (default {TrainConfig.prompt_len})")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=TrainConfig.precision,
+                   help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--scoring", choices=["generate", "rank"], default="generate",
+                   help="greedy generation (the paper) or ranking the label words by log-probability")
+    p.add_argument("--out", default="runs", help="where runs live (default: runs)")
+    p.add_argument("--data-dir", default=data.data_dir(), help="the data cache (default: data_cache, or $TPV_DATA)")
+    p.add_argument("--force", action="store_true", help="replace what a finished run or an earlier call wrote")
+    return p
+
+
+def add_main_commands(sub, common, run):
+    """train, eval and add: the first commands of --help."""
+    p = sub.add_parser("train", parents=[common, run], help="tune a soft prompt on a task (a comma list: multi-task)")
+    p.add_argument("task", help="a task, or a comma list for the multi-task SPoT baseline: mnli,qnli")
+    p.add_argument("--init", default=TrainConfig.init, help="origin (default), random, vocab, text:\"...\", a prompt "
+                   "file, or task[+task...]: the origin plus those tasks' vectors")
+    p.add_argument("--shots", type=at_least(0), help="few-shot: N stratified training examples (0: no training)")
+    default = lambda name: f"(default: the paper's recipe, {name})"
+    p.add_argument("--max-steps", type=at_least(1), help=default("epochs x batches; few-shot 1000"))
+    p.add_argument("--epochs", type=at_least(1), help=default("10, TREC 50"))
+    p.add_argument("--batch-size", type=at_least(1), help=default("32; few-shot 2 / 8 / 16"))
+    p.add_argument("--lr", type=learning_rate, help=default(TrainConfig.lr))
+    p.add_argument("--weight-decay", type=at_least(0, float), help=default(TrainConfig.weight_decay))
+    p.add_argument("--warmup", type=at_least(0), help=default(TrainConfig.warmup))
+    p.add_argument("--eval-every", type=at_least(1), help=default(TrainConfig.eval_every))
+    p.add_argument("--log-every", type=at_least(1), help=f"(default {TrainConfig.log_every})")
+    p.add_argument("--seed", type=seed, help=default(TrainConfig.seed))
+    p.add_argument("--dropout", type=dropout_rate, help="override the model's dropout_rate (default: as config.json, "
+                   "0.1 for T5)")
+    p.add_argument("--name", help="the run's file name (default: from task, shots and init)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+
+    p = sub.add_parser("eval", parents=[common, run], help="evaluate a prompt on a task's split")
+    p.add_argument("task")
+    p.add_argument("--prompt", required=True, help="a prompt file, or a run name under --out (e.g. mnli)")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("--max-new-tokens", type=at_least(1), help="generation length (default: the longest label + 4; "
+                   "the paper: 128)")
+
+    p = sub.add_parser("add", parents=[common, run],
+                       help="add task prompt vectors: origin + lambda * (sum of vectors)")
+    p.add_argument("tasks", nargs="+")
+    p.add_argument("--lambda", dest="lam", type=lambda_value, default=None,
+                   help="auto (default: sweep 0..1 on validation) or a number in [0, 1]")
+
+
+def add_experiment_commands(sub, common, run):
+    for name, tasks, help_text in (("cross-origin", "+", "origin_i + vector_j for every pair of origins"),
+                                   ("similarity", "*", "cosine similarity of task prompts and vectors"),
+                                   ("report", None, "write results/README.md from the runs")):
+        p = sub.add_parser(name, parents=[common, run], help=help_text)
+        if tasks:
+            p.add_argument("tasks", nargs=tasks)
+            p.add_argument("--origins", type=origin_list, help="0-9 or a comma list (default: every trained origin)")
+        p.add_argument("--results", default="results")
+    p = sub.add_parser("import", parents=[common, run],
+                       help="an official .bin prompt or a PEFT adapter -> a prompt file")
+    p.add_argument("file")
+    p.add_argument("--task", required=True, help="the run name to write (runs/<model>/origin_<i>/<task>.safetensors)")
+    p = sub.add_parser("export", parents=[common, run], help="a prompt file -> a PEFT prompt-tuning adapter")
+    p.add_argument("file", help="a prompt file or a run name")
+    p.add_argument("--peft", required=True, help="the adapter folder to write")
+
+
+def add_setup_commands(sub, common):
+    p = sub.add_parser("download", parents=[common], help="fetch a T5 model from the Hugging Face hub")
+    p.add_argument("name", help="t5-small, t5-base, t5-large, google/t5-v1_1-base, google/flan-t5-base, org/name")
+    data_options = argparse.ArgumentParser(add_help=False)
+    data_options.add_argument("--data-dir", default=data.data_dir(), help="the data cache (default: data_cache, or "
+                              "$TPV_DATA)")
+    data_options.add_argument("--skip-bad-rows", action="store_true",
+                              help="skip malformed rows (reported with counts) instead of stopping at the first")
+    data_options.add_argument("--model", type=runs.model_name, default=TrainConfig.model,
+                              help="whose tokenizer measures the inputs")
+    data_options.add_argument("--force", action="store_true", help="replace a prepared cache")
+    p = sub.add_parser("download-data", parents=[common, data_options],
+                       help="fetch a task's original distribution, check it, and prepare it")
+    p.add_argument("task", help="a task name or 'all': " + ", ".join(data.TASKS))
+    p = sub.add_parser("prepare", parents=[common, data_options],
+                       help="build a task's data cache from its original files already on disk")
+    p.add_argument("task", help=", ".join(data.TASKS))
+    p.add_argument("--from", dest="source", required=True, help="folder holding the original distribution files")
+    p = sub.add_parser("info", parents=[common], help="show a model's config and parameter counts")
+    p.add_argument("--model", type=runs.model_name, default=TrainConfig.model, help="a model folder or a hub name")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p = sub.add_parser("convert", help="write model.safetensors beside a folder's pytorch_model.bin")
+    p.add_argument("dir")
+    p.add_argument("--force", action="store_true", help="replace an existing model.safetensors")
+    p = sub.add_parser("tiny-model", help="write a small random T5 (for smoke runs)")
+    p.add_argument("dir")
+    p.add_argument("--spiece", required=True, help="a T5 sentencepiece vocabulary (spiece.model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace a model folder that is there")
+
+
+def build_parser(description=None):
+    parser = Parser(prog="tpv", description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    common, run = common_options(), run_options()
+    add_main_commands(sub, common, run)
+    add_experiment_commands(sub, common, run)
+    add_setup_commands(sub, common)
+    return parser

@@ -1,0 +1,67 @@
+"""
+Prompts from and to other tools: the official code's released prompts (.bin), and PEFT prompt-tuning adapters.
+
+PEFT's format holds the tuned prompt only (`prompt_embeddings`, with the seq2seq encoder rows first), never the
+init it started from; an imported prompt therefore gets origin_<--origin> as its init, and an exported one loses
+its init.
+"""
+import os
+import pickle
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import files
+import prompts
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def read_adapter(folder):
+    """A PEFT prompt-tuning adapter folder -> (prompt_embeddings, num_virtual_tokens), both checked."""
+    config = files.read_json(os.path.join(folder, ADAPTER_CONFIG))
+    if not isinstance(config, dict) or config.get("peft_type") != "PROMPT_TUNING":
+        kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise prompts.PromptError(f"{folder}: a {kind} adapter, not PEFT prompt tuning (peft_type PROMPT_TUNING)")
+    n = config.get("num_virtual_tokens")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise prompts.PromptError(f"{os.path.join(folder, ADAPTER_CONFIG)}: num_virtual_tokens must be a positive "
+                                  f"integer, got {n!r}")
+    return load_file(os.path.join(folder, ADAPTER_WEIGHTS))["prompt_embeddings"], n
+
+
+def read_foreign_prompt(source, n):
+    """An official .bin ({"prompt_embeddings": T} or a bare tensor) or a PEFT adapter (its folder or its
+    safetensors file) -> the (n, d) float32 encoder prompt. Seq2seq prompts hold the encoder rows first (then
+    PEFT's decoder rows, which inference never used)."""
+    try:
+        if os.path.isdir(source) or source.endswith(".safetensors"):
+            tensor, n = read_adapter(source if os.path.isdir(source) else os.path.dirname(source) or ".")
+        else:
+            loaded = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
+            tensor = loaded.get("prompt_embeddings") if isinstance(loaded, dict) else loaded
+    except (OSError, KeyError, ValueError, SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        raise prompts.PromptError(f"{source}: not an official prompt file or PEFT prompt-tuning adapter "
+                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or not tensor.is_floating_point():
+        raise prompts.PromptError(f"{source}: expected a float (rows, d) tensor of prompt embeddings")
+    if tensor.shape[0] < n:
+        raise prompts.PromptError(f"{source}: {tensor.shape[0]} rows, fewer than the {n} prompt vectors asked for "
+                                  f"(--prompt-len)")
+    if not torch.isfinite(tensor[:n]).all():
+        raise prompts.PromptError(f"{source}: the prompt holds NaN or infinite values")
+    return tensor[:n].detach().float()
+
+
+def write_adapter(folder, prompt, model_name, force):
+    """A prompt -> a PEFT prompt-tuning adapter that PEFT loads (encoder rows only)."""
+    weights, config_path = os.path.join(folder, ADAPTER_WEIGHTS), os.path.join(folder, ADAPTER_CONFIG)
+    for path in (weights, config_path):
+        files.refuse_existing(path, force, "PEFT adapter")
+    files.atomic_write(weights, lambda tmp: save_file({"prompt_embeddings": prompt.contiguous()}, tmp,
+                                                      metadata={"format": "pt"}))
+    files.write_json(config_path, {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM",
+                                   "num_virtual_tokens": prompt.shape[0], "token_dim": prompt.shape[1],
+                                   "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM",
+                                   "base_model_name_or_path": model_name, "inference_mode": True})
