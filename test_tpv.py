@@ -1589,8 +1589,9 @@ def test_better_outcomes_of_odd_inputs(finished, tiny, tmp_path, capsys):
 
 @needs_shared
 def test_run_sh_quick_end_to_end_and_restartable(tmp_path):
-    options = ["--quick", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
-               "--data-dir", str(tmp_path / "data"), "--samples", os.path.join(SHARED, "data"), "--jobs", "2"]
+    # two source tasks: every section of the report, with one pair to add where --quick's three tasks have three
+    options = ["--quick", "--tasks", "sst2,cola", "--out", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data"), "--samples", os.path.join(SHARED, "data"), "--jobs", "2"]
     env = {**os.environ, "PYTHON": sys.executable}
     first = subprocess.run(["bash", os.path.join(HERE, "run.sh"), *options], capture_output=True, text=True,
                            env=env, timeout=1200)
