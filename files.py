@@ -58,18 +58,20 @@ def atomic_write(path, write, folder=False):
                 os.remove(leftover)
 
 
-def write_json(path, record):
+def text_writer(chunks):
+    """A write(temporary path) for atomic_write that writes the strings `chunks` (a list or a generator)."""
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1)
-    atomic_write(path, write)
+            f.writelines(chunks)
+    return write
 
 
 def write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    atomic_write(path, write)
+    atomic_write(path, text_writer([text]))
+
+
+def write_json(path, record):
+    write_text(path, json.dumps(record, indent=1))
 
 
 def read_json(path, *keys):

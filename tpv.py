@@ -191,9 +191,9 @@ def cmd_download_data(args):
     names = list(data.TASKS) if args.task == "all" else [data.get_task(args.task).name]
     tokenizer = tokenizer_for(args)
     for name in names:
-        if data.is_prepared(data.task_dir(data.TASKS[name], args.data_dir)) and not args.force:
-            print(f"{name}: already prepared in {data.task_dir(data.TASKS[name], args.data_dir)} (pass --force to "
-                  f"download and prepare it again)")
+        cache = data.task_dir(data.TASKS[name], args.data_dir)
+        if data.is_prepared(cache) and not args.force:  # skipped, so that `all` goes on with the others
+            print(f"{name}: already prepared in {cache} (pass --force to download and prepare it again)")
             continue
         folder, checked = data.download_task(name, args.data_dir, allow_download=not args.offline)
         print(f"{name}: original files in {folder} ({checked} checked against published sha256)")

@@ -41,14 +41,6 @@ def refuse_prepared(folder, force):
         raise files.FileError(f"{folder} already holds a prepared cache; pass --force to prepare it again")
 
 
-def text_writer(chunks):
-    """A write(temporary path) for files.atomic_write that writes the strings `chunks`."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(chunks)
-    return write
-
-
 def write_together(writes):
     """files.atomic_write of several (path, write) at once: each write runs inside the one before it, so every
     temporary file is written before the first rename, and a failed write (a full disk) renames none."""
@@ -69,9 +61,9 @@ def write_cache(task, splits, source, skipped, root=None, force=False):
     meta = {"task": task.name, "source": os.path.abspath(source), "prepared": time.strftime("%Y-%m-%d %H:%M:%S"),
             "examples": {s: len(r) for s, r in splits.items()}, "skipped_rows": skipped}
     # meta.json first: the outermost write is renamed last, so it marks a cache whose splits are all in place
-    write_together([(os.path.join(folder, "meta.json"), text_writer([json.dumps(meta, indent=1)]))] +
+    write_together([(os.path.join(folder, "meta.json"), files.text_writer([json.dumps(meta, indent=1)]))] +
                    [(os.path.join(folder, f"{split}.jsonl"),
-                     text_writer(json.dumps(row, ensure_ascii=False) + "\n" for row in splits[split]))
+                     files.text_writer(json.dumps(row, ensure_ascii=False) + "\n" for row in splits[split]))
                     for split in SPLITS if split in splits])
     for split in SPLITS:
         stale = os.path.join(folder, f"{split}.jsonl")
