@@ -12,6 +12,7 @@ References (the "why" of every quirk is cited at the line that implements it):
     model = load_t5("models/t5-base")
     logits = model(input_ids, decoder_input_ids, attention_mask, prompt=prompt)   # (B, T_dec, vocab)
 """
+import contextlib
 import json
 import math
 import os
@@ -580,6 +581,20 @@ def check_weights(model, tensors):
     return problems, tensors
 
 
+@contextlib.contextmanager
+def skipped_random_init():
+    """Inside, new nn.Linear and nn.Embedding modules (what T5 is built from) keep their weights as allocated,
+    without their random initialisation."""
+    initialisers = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding)}
+    for cls in initialisers:
+        cls.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        for cls, reset_parameters in initialisers.items():
+            cls.reset_parameters = reset_parameters
+
+
 def load_t5(path, device="cpu", dtype=torch.float32):
     """A Hugging Face T5 folder (config.json + safetensors) -> T5 in eval mode, every weight frozen."""
     if dtype not in LOADABLE_DTYPES:
@@ -587,17 +602,21 @@ def load_t5(path, device="cpu", dtype=torch.float32):
                          f"(transformers#9295); for fp16 speed use autocast over float32 weights")
     cfg = T5Config.from_json(model_file(model_folder(path), "config.json", "the model config"))
     shards = checkpoint_files(path)
-    with torch.device("meta"):  # build without allocating or initialising: every weight comes from the file
+    # Built on the meta device (shapes only, no memory) without random initialisation, then each weight is set to a
+    # copy of the file's. Computing on meta tensors (random init, to_empty) runs torch's Python reference code, whose
+    # first call imports torch's compiler (torch._dynamo, sympy): over a second of every command's start.
+    with torch.device("meta"), skipped_random_init():
         model = T5(cfg)
     problems, tensors = check_weights(model, read_safetensors(shards))
     if problems:
         raise CheckpointError(f"{path} does not fit its config.json: " + "; ".join(problems))
-    model = model.to(dtype).to_empty(device=device)
-    if cfg.tie_word_embeddings:  # to_empty makes a fresh tensor per module, so tie the head again
+    for name, _ in list(model.named_parameters()):  # tied weights appear once, as shared.weight
+        owner, attr = name.rsplit(".", 1)
+        # copy=True: safetensors maps the file, and a model holding the mapped tensors would change (or crash) when
+        # the file is rewritten
+        setattr(model.get_submodule(owner), attr, nn.Parameter(tensors[name].to(device, dtype, copy=True)))
+    if cfg.tie_word_embeddings:  # the head still holds the meta tensor it shared with the embedding
         model.lm_head.weight = model.shared.weight
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(tensors[name])
     model.source = path
     return model.eval().requires_grad_(False)
 

@@ -23,15 +23,18 @@ POSITIVE_INTS = ["vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_dec
                  "relative_attention_num_buckets", "relative_attention_max_distance"]
 
 
-def write_checkpoint(folder, config=None):
+def random_model(config=None, seed=0):
+    torch.manual_seed(seed)
+    return model_t5.T5(model_t5.T5Config(**(config or TINY)))
+
+
+def write_checkpoint(folder, config=None, seed=0):
     """A tiny random T5 saved as Hugging Face does: config.json and model.safetensors (tied weights once)."""
-    cfg = model_t5.T5Config(**(config or TINY))
-    torch.manual_seed(0)
-    model = model_t5.T5(cfg)
+    model = random_model(config, seed)
     os.makedirs(folder, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.named_parameters()}, os.path.join(folder, "model.safetensors"))
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"model_type": "t5", **cfg.to_dict()}, f)
+        json.dump({"model_type": "t5", **model.config.to_dict()}, f)
     return folder
 
 
@@ -217,6 +220,75 @@ def test_json_ints_are_read_as_floats(folder):
     edit(layer_norm_epsilon=1, dropout_rate=0)(folder)
     cfg = model_t5.load_t5(folder).config
     assert (cfg.layer_norm_epsilon, cfg.dropout_rate) == (1.0, 0.0) and type(cfg.layer_norm_epsilon) is float
+
+
+# -----------------------------------------------------------------------------
+# load_t5 builds the model without initialising it (every weight comes from the file); T5(cfg) initialises
+
+UNTIED = {**TINY, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}  # v1.1 and Flan
+
+
+def every_tensor(model):
+    """A model's tensors by every name they have: state_dict's (tied aliases too) and any non-persistent buffer."""
+    return {**model.state_dict(), **dict(model.named_buffers(remove_duplicate=False))}
+
+
+@pytest.mark.parametrize("dtype", model_t5.LOADABLE_DTYPES, ids=str)
+@pytest.mark.parametrize("config", [TINY, UNTIED], ids=["tied", "untied"])
+def test_loaded_model_is_the_saved_one(tmp_path, config, dtype):
+    saved = random_model(config)
+    loaded = model_t5.load_t5(write_checkpoint(str(tmp_path), config), dtype=dtype)
+    expected, got = every_tensor(saved), every_tensor(loaded)
+    assert got.keys() == expected.keys()
+    for name, tensor in got.items():
+        assert tensor.device.type == "cpu" and tensor.dtype == dtype, name  # none left on the meta device
+        assert torch.equal(tensor, expected[name].to(dtype)), name
+    assert len(list(loaded.parameters())) == len(list(saved.parameters()))  # a tied head is not a second weight
+    assert (loaded.lm_head.weight is loaded.shared.weight) == saved.config.tie_word_embeddings
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_loaded_model_holds_copies_not_the_mapped_file(folder):
+    model = model_t5.load_t5(folder)
+    before = {k: v.clone() for k, v in every_tensor(model).items()}
+    write_checkpoint(folder + "-other", seed=1)  # same shapes, so the same file size and layout
+    with open(os.path.join(folder + "-other", "model.safetensors"), "rb") as f:
+        other = f.read()
+    with open(os.path.join(folder, "model.safetensors"), "r+b") as f:  # in place: a mapping would show the new bytes
+        f.write(other)
+    assert all(torch.equal(v, before[k]) for k, v in every_tensor(model).items())
+
+
+def test_loading_draws_no_random_numbers(tiny, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_t5 initialised a weight that the checkpoint overwrites")
+    for name in dir(torch.nn.init):
+        if name.endswith("_") and not name.startswith("_"):  # normal_, kaiming_uniform_, ...
+            monkeypatch.setattr(torch.nn.init, name, refuse)
+    rng = torch.get_rng_state()
+    model_t5.load_t5(tiny)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_loading_imports_no_compiler(tiny):
+    """Random initialisation or to_empty on the meta device imports torch._dynamo and sympy: over a second per
+    command."""
+    code = ("import sys, model_t5; before = set(sys.modules); model_t5.load_t5(sys.argv[1]); "
+            "print([m for m in ('torch._dynamo', 'sympy') if m in set(sys.modules) - before])")
+    result = subprocess.run([sys.executable, "-c", code, tiny], capture_output=True, text=True, cwd=HERE,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout == "[]\n", result.stdout + result.stderr
+
+
+def test_t5_built_directly_is_initialised_randomly(tiny):
+    model_t5.load_t5(tiny)  # which skips the initialisation only while it builds its model
+    one, two = random_model(seed=0), random_model(seed=1)
+    for (name, a), b in zip(one.named_parameters(), two.parameters()):
+        if "layer_norm" in name:
+            assert torch.equal(a, torch.ones_like(a)) and torch.equal(b, a), name
+        else:
+            assert not torch.equal(a, b), name
+    assert torch.equal(random_model(seed=0).shared.weight, one.shared.weight)  # seeded: reproducible
 
 
 # -----------------------------------------------------------------------------
