@@ -96,8 +96,8 @@ def run_options():
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", type=runs.model_name, default=TrainConfig.model,
                    help=f"a model folder or a hub name (default: {TrainConfig.model})")
-    p.add_argument("--origin", type=int, choices=range(prompts.N_ORIGINS), default=TrainConfig.origin, metavar="0..9",
-                   help="which of the paper's 10 origins (default 0)")
+    p.add_argument("--origin", type=int, choices=range(prompts.N_ORIGINS), metavar="0..9",
+                   help=f"which of the paper's 10 origins (default {TrainConfig.origin})")
     p.add_argument("--prompt-len", type=at_least(1), default=TrainConfig.prompt_len,
                    help=f"soft prompt vectors (default {TrainConfig.prompt_len})")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=TrainConfig.precision,
@@ -115,8 +115,11 @@ def add_main_commands(sub, common, run):
     """train, eval and add: the first commands of --help."""
     p = sub.add_parser("train", parents=[common, run], help="tune a soft prompt on a task (a comma list: multi-task)")
     p.add_argument("task", help="a task, or a comma list for the multi-task SPoT baseline: mnli,qnli")
-    p.add_argument("--init", default=TrainConfig.init, help="origin (default), random, vocab, text:\"...\", a prompt "
-                   "file, or task[+task...]: the origin plus those tasks' vectors")
+    p.add_argument("--origins", type=origin_list, help="train one prompt per origin, packed: 0-9 or a comma list")
+    p.add_argument("--init", action="append", help="origin (default), random, vocab, text:\"...\", a prompt file, or "
+                   "task[+task...]: the origin plus those tasks' vectors; repeat it for several runs, packed")
+    p.add_argument("--pack", type=at_least(1), help="at most N runs share a step (default: as many as the memory "
+                   "budget allows, README)")
     p.add_argument("--shots", type=at_least(0), help="few-shot: N stratified training examples (0: no training)")
     default = lambda name: f"(default: the paper's recipe, {name})"
     p.add_argument("--max-steps", type=at_least(1), help=default("epochs x batches; few-shot 1000"))
@@ -130,12 +133,14 @@ def add_main_commands(sub, common, run):
     p.add_argument("--seed", type=seed, help=default(TrainConfig.seed))
     p.add_argument("--dropout", type=dropout_rate, help="override the model's dropout_rate (default: as config.json, "
                    "0.1 for T5)")
-    p.add_argument("--name", help="the run's file name (default: from task, shots and init)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--name", help="the run's file name when the command makes one run (default: from task, shots "
+                   "and init)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's (or the pack's) checkpoint")
 
     p = sub.add_parser("eval", parents=[common, run], help="evaluate a prompt on a task's split")
     p.add_argument("task")
-    p.add_argument("--prompt", required=True, help="a prompt file, or a run name under --out (e.g. mnli)")
+    p.add_argument("--prompt", required=True, action="append", help="a prompt file, or a run name under --out (e.g. "
+                   "mnli); repeat it to evaluate several prompts together")
     p.add_argument("--split", choices=["train", "validation", "test"], default="test")
     p.add_argument("--max-new-tokens", type=at_least(1), help="generation length (default: the longest label + 4; "
                    "the paper: 128)")
@@ -194,6 +199,17 @@ def add_setup_commands(sub, common):
     p.add_argument("--spiece", required=True, help="a T5 sentencepiece vocabulary (spiece.model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace a model folder that is there")
+
+
+def parse_args(argv=None, description=None):
+    """The parsed command line; --origin defaults to 0 unless --origins says which origins."""
+    args = build_parser(description).parse_args(argv)
+    if hasattr(args, "origin"):
+        if getattr(args, "origins", None) is not None and args.origin is not None:
+            fail(f"--origin {args.origin} and --origins name the origins twice; give one of them")
+        if args.origin is None:
+            args.origin = TrainConfig.origin
+    return args
 
 
 def build_parser(description=None):

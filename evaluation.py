@@ -3,6 +3,7 @@ Evaluation of a prompt on a task's split (paper §5): greedy generation of the l
 ranking the label words by log-probability (--scoring rank); then the paper's metrics (metrics.py).
 
     metrics = evaluate(model, tokenizer, task, (tokens, rows), prompt, **options(scoring, precision, device))
+    [metrics, ...] = evaluate_all(model, tokenizer, task, (tokens, rows), prompts, **options(...))  # (R, n, d)
 """
 import sys
 import time
@@ -28,46 +29,57 @@ def options(scoring, precision, device, max_new_tokens=None):
 
 
 def evaluate(model, tokenizer, task, split, prompt, **kw):
-    """The paper's metrics of a prompt on split = (token arrays, example rows) from data.split_tokens."""
+    """The paper's metrics of a prompt (n, d) on split = (token arrays, example rows) from data.split_tokens."""
+    return evaluate_all(model, tokenizer, task, split, None if prompt is None else prompt[None], **kw)[0]
+
+
+def evaluate_all(model, tokenizer, task, split, prompts, **kw):
+    """The metrics of each of R prompts (R, n, d), evaluated together: every batch carries each example once per
+    prompt (the runs of a pack), so R prompts cost about one pass of R times the rows."""
     tokens, rows = split
     if not rows:
         raise EvaluationError(f"{task.name}: the split to evaluate has no examples; prepare the task's full data "
                               f"(python tpv.py download-data {task.name})")
-    predictions = predict(model, task, tokens, tokenizer, prompt, label=task.name, **kw)
-    return metrics.task_metrics(task, predictions, [task.target(r) for r in rows])
+    targets = [task.target(r) for r in rows]
+    return [metrics.task_metrics(task, predicted, targets)
+            for predicted in predict(model, task, tokens, tokenizer, prompts, label=task.name, **kw)]
 
 
 @torch.no_grad()
-def predict(model, task, tokens, tokenizer, prompt, scoring="generate", batch_size=64, device="cpu",
+def predict(model, task, tokens, tokenizer, prompts, scoring="generate", batch_size=64, device="cpu",
             autocast=nullcontext, max_new_tokens=None, label=""):
-    """Predicted label words (strings) for every example of a token set, with a progress line on long runs."""
+    """Predicted label words (strings) of every example for each of R prompts (R, n, d) (None: the model alone),
+    with a progress line on long runs. About batch_size rows a batch: batch_size // R examples, each repeated for
+    the R prompts."""
     model.eval()
     candidates = [tokenizer.encode(w) for w in task.labels] if task.labels else None
     if scoring == "rank" and not candidates:
         raise EvaluationError(f"--scoring rank needs label words; {task.name} is a regression task")
     if max_new_tokens is None:  # a generation longer than every label word cannot be one (README)
         max_new_tokens = max(len(c) for c in candidates) + 4 if candidates else 8
-    prompt = prompt.to(device) if prompt is not None else None
+    R = 1 if prompts is None else prompts.shape[0]
+    prompts = None if prompts is None else prompts.to(device)
     order = np.argsort(data.lengths(tokens), kind="stable")  # similar lengths together: less padding
-    predictions, started, shown = [None] * len(order), time.time(), time.time()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    predictions, started, shown = [[None] * len(order) for _ in range(R)], time.time(), time.time()
+    step = max(1, batch_size // R)
+    for start in range(0, len(order), step):
+        idx = order[start:start + step]
         batch = {k: v.to(device) for k, v in data.collate(tokens, idx).items()}
+        ids, mask = batch["input_ids"].repeat(R, 1), batch["attention_mask"].repeat(R, 1)  # (R*B, S), run-major
+        prompt_rows = None if prompts is None else prompts.repeat_interleave(len(idx), dim=0)  # (R*B, n, d)
         with autocast():
             if scoring == "rank":
-                scores = model_t5.score_candidates(model, batch["input_ids"], batch["attention_mask"], prompt,
-                                                   candidates)  # (B, C)
+                scores = model_t5.score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
                 words = [task.labels[j] for j in scores.argmax(-1).tolist()]
             else:
-                out = model_t5.generate_greedy(model, batch["input_ids"], batch["attention_mask"], prompt,
-                                               max_new_tokens)
+                out = model_t5.generate_greedy(model, ids, mask, prompt_rows, max_new_tokens)
                 words = [tokenizer.decode(ids).strip() for ids in out.tolist()]
-        for i, word in zip(idx, words):
-            predictions[i] = word
+        for k, word in enumerate(words):
+            predictions[k // len(idx)][idx[k % len(idx)]] = word
         done = start + len(idx)
         if time.time() - shown > 5 and done < len(order):
             rate = done / (time.time() - started)
-            print(f"  eval {label}: {done:,}/{len(order):,} examples, {rate:,.0f} ex/s, "
-                  f"ETA {(len(order) - done) / rate:,.0f}s", file=sys.stderr, flush=True)
+            print(f"  eval {label}: {done:,}/{len(order):,} examples{f' x {R} prompts' if R > 1 else ''}, "
+                  f"{rate:,.0f} ex/s, ETA {(len(order) - done) / rate:,.0f}s", file=sys.stderr, flush=True)
             shown = time.time()
     return predictions

@@ -49,12 +49,12 @@ def lambda_sweep(model, tokenizer, tasks, origin, summed, root, lambdas=LAMBDAS,
     """origin + lam * sum for each lam, scored on every task's validation set; the best lam maximises the mean
     headline metric (exact match; Pearson for STS-B), the first one on ties, as np.argmax picks."""
     validation = {t.name: data.split_tokens(t, ["validation"], tokenizer, root)["validation"] for t in tasks}
+    candidates = torch.stack([prompts.apply(origin, summed, lam) for lam in lambdas])  # (L, n, d), evaluated packed
+    results = {t.name: evaluation.evaluate_all(model, tokenizer, t, validation[t.name], candidates, **kw)
+               for t in tasks}
     sweep = []
-    for lam in lambdas:
-        prompt = prompts.apply(origin, summed, lam)
-        scores = {t.name: metrics.headline(t, evaluation.evaluate(model, tokenizer, t, validation[t.name], prompt,
-                                                                  **kw))
-                  for t in tasks}
+    for k, lam in enumerate(lambdas):
+        scores = {t.name: metrics.headline(t, results[t.name][k]) for t in tasks}
         sweep.append({"lambda": lam, **scores, "mean": float(np.mean(list(scores.values())))})
     best = max(sweep, key=lambda s: s["mean"])  # max() keeps the first of equal values
     return best["lambda"], sweep
@@ -73,8 +73,8 @@ def addition(model, tokenizer, tasks, paths, lam, root, **kw):
               "relative": {}, "metrics": {}}
     for task, path in zip(tasks, paths):
         test = data.split_tokens(task, ["test"], tokenizer, root)["test"]
-        result = evaluation.evaluate(model, tokenizer, task, test, combined, **kw)
-        single = evaluation.evaluate(model, tokenizer, task, test, prompts.load_prompt(path)[0], **kw)
+        result, single = evaluation.evaluate_all(model, tokenizer, task, test, torch.stack(
+            [combined, prompts.load_prompt(path)[0]]), **kw)  # the sum and the task's own prompt, packed
         ours, alone = metrics.headline(task, result), metrics.headline(task, single)
         record["test"][task.name], record["single"][task.name] = ours, alone
         record["relative"][task.name] = ours / alone if alone else 0.0
@@ -98,9 +98,10 @@ def cross_origin(model, tokenizer, task, paths, root, **kw):
     i == j (original) and i != j (mixed), mean and std over the pairs."""
     vectors = {o: prompts.load_vector(p) for o, p in paths.items()}
     test = data.split_tokens(task, ["test"], tokenizer, root)["test"]  # read once for all origin pairs
-    pairs = {(i, j): metrics.headline(task, evaluation.evaluate(
-        model, tokenizer, task, test, prompts.apply(vectors[i].init, vectors[j], check_origin=False), **kw))
-        for i in paths for j in paths}
+    keys = [(i, j) for i in paths for j in paths]
+    mixed = torch.stack([prompts.apply(vectors[i].init, vectors[j], check_origin=False) for i, j in keys])
+    pairs = {key: metrics.headline(task, result)  # every pair's prompt evaluated in one packed pass
+             for key, result in zip(keys, evaluation.evaluate_all(model, tokenizer, task, test, mixed, **kw))}
     original, mixed = original_vs_mixed(pairs)
     return {"original": original, "mixed": mixed, "pairs": {f"{i},{j}": v for (i, j), v in pairs.items()}}
 

@@ -29,6 +29,7 @@ class RunPaths(NamedTuple):
     prompt: str
     record: str
     checkpoint: str
+    failure: str  # why a run stopped (non-finite); not a record, so run.sh retries the run
 
 
 def model_name(name):
@@ -46,7 +47,7 @@ def run_folder(out, model, origin):
 
 def run_paths(out, model, origin, name):
     stem = os.path.join(run_folder(out, model, origin), name)
-    return RunPaths(stem + ".safetensors", stem + ".json", stem + ".ckpt.safetensors")
+    return RunPaths(stem + ".safetensors", stem + ".json", stem + ".ckpt.safetensors", stem + ".failed.json")
 
 
 def run_name(task, shots, init, name=None):
@@ -174,21 +175,8 @@ def run_meta(model, config, record, prompt_len):
                        shots=config.shots, seed=config.seed, **best)
 
 
-def check_can_start(paths, force, resume):
-    """Refuses to replace a finished run, or to ignore a checkpoint, unless the user said so."""
-    if os.path.exists(paths.record) and not force:
-        raise RunError(f"{paths.record} exists: this run is finished (pass --force to train again)")
-    if os.path.exists(paths.checkpoint) and not (resume or force):
-        raise RunError(f"{paths.checkpoint} exists: continue with --resume, or start over with --force")
-    if os.path.exists(paths.prompt) and not os.path.exists(paths.checkpoint) and not force:
-        raise RunError(f"{paths.prompt} exists without its record {os.path.basename(paths.record)}; pass --force "
-                       f"to train again")
-
-
 def finish(paths, prompt, init, meta, record):
-    """The prompt file first, then the record (a run with a record is finished), then the checkpoint goes. A run
-    killed in between still has its checkpoint: the same command with --resume finishes it."""
+    """The prompt file first, then the record: a run with a record is finished. (A trained run's checkpoint goes
+    after every run of its pack is written: a pack killed in between is finished by --resume, packs.py.)"""
     prompts.save_prompt(paths.prompt, prompt, init, meta)
     files.write_json(paths.record, record)
-    if os.path.exists(paths.checkpoint):
-        os.remove(paths.checkpoint)

@@ -334,7 +334,7 @@ def test_pickle_checkpoint_is_refused_then_converted(checkpoints, tmp_path):
 
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, os.path.join(HERE, "tpv.py"), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=HERE, timeout=120)
+                          env={**os.environ, **(env or {})}, cwd=HERE, timeout=300)
 
 
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
@@ -992,17 +992,25 @@ def test_files_written_before_version_2_still_load_and_resume(tiny, tmp_path):
               metadata={"task": "sst2", "model": "m", "origin": "0", "version": "1"})
     assert torch.equal(prompts.load_vector(str(old)).tau, torch.ones(50, 32))
     config = train.recipe("sst2", max_steps=4)
-    state = train.TrainState.new(config, torch.zeros(50, 32), torch.device("cpu"), False)
+    state = train.TrainState.new(config, torch.zeros(1, 50, 32), torch.device("cpu"), False)
+    state.prompts.data.fill_(1.0)  # tuned away from its init
     path = str(tmp_path / "old.ckpt.safetensors")
-    state.save(path, config, torch.get_rng_state())
+    state.save(path, config, ["origin_0/sst2"], 1, torch.get_rng_state())
     tensors, saved = train.load_checkpoint(path)
-    for key in ("clip_norm", "validation_limit", "data_dir"):  # not recorded by version 1 checkpoints
+    # a checkpoint of one run as tpv wrote them before packs: (n, d) tensors, one run's numbers, no run list
+    # and, before version 2, no clip_norm, validation_limit or data_dir
+    tensors = {k: v[0] if v.dim() == 3 else v for k, v in tensors.items()}
+    saved = {k: v for k, v in saved.items() if k not in ("runs", "pack", "stopped")}
+    saved |= {"best_loss": saved["best_loss"][0], "best_step": saved["best_step"][0], "history": []}
+    for key in ("clip_norm", "validation_limit", "data_dir"):
         del saved["args"][key]
     save_file(tensors, path, metadata={"state": json.dumps(saved)})
-    train.TrainState.new(config, torch.zeros(50, 32), torch.device("cpu"), False).restore(path, config)
+    restored = train.TrainState.new(config, torch.zeros(1, 50, 32), torch.device("cpu"), False)
+    restored.restore(path, config, ["origin_0/sst2"], 1)
+    assert torch.equal(restored.prompts, torch.ones(1, 50, 32)) and restored.history == [[]]
     with pytest.raises(train.TrainingError, match="lr was 0.3, now 0.2"):
-        train.TrainState.new(config, torch.zeros(50, 32), torch.device("cpu"), False).restore(
-            path, dataclasses.replace(config, lr=0.2))
+        train.TrainState.new(config, torch.zeros(1, 50, 32), torch.device("cpu"), False).restore(
+            path, dataclasses.replace(config, lr=0.2), ["origin_0/sst2"], 1)
 
 
 def test_origins_reproduce_the_official_recipe():
@@ -1023,7 +1031,7 @@ def test_prompt_tuning_lowers_the_loss_on_a_fixed_batch(checkpoints):
     optimizer = torch.optim.AdamW([prompt], lr=0.3, weight_decay=1e-5)
     losses = []
     for _ in range(100):
-        loss = train.summed_loss(model(ids, model_t5.shift_right(labels), mask, prompt=prompt), labels)
+        loss = train.packed_loss(model, prompt[None], {"input_ids": ids, "attention_mask": mask, "labels": labels})[0]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -1049,10 +1057,10 @@ def test_train_writes_prompt_init_and_record(tiny, tmp_path, capsys):
 
 def test_best_prompt_by_validation_loss_is_the_one_saved(tiny, tmp_path, monkeypatch):
     seen, scripted = [], iter([5.0, 2.0, 3.0, 4.0, 2.5, 6.0])
-    def fake_validation_loss(model, tokens, prompt, autocast, device, batch_size=64):
-        seen.append(prompt.detach().clone())
-        return next(scripted)
-    monkeypatch.setattr(train, "validation_loss", fake_validation_loss)
+    def fake_validation_losses(model, tokens, prompts, autocast, device, batch_size=64):
+        seen.append(prompts[0].detach().clone())
+        return [next(scripted)]
+    monkeypatch.setattr(train, "validation_losses", fake_validation_losses)
     tpv.main(train_args(tiny, tmp_path))
     prompt, _, meta = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
     assert meta["best_step"] == "40" and torch.equal(prompt, seen[1])
@@ -1065,8 +1073,8 @@ def checkpoint_step(path):
         return 0
 
 
-def interrupt_then_resume(tiny, out, sig):
-    args = train_args(tiny, out, "--max-steps", "300")
+def interrupt_then_resume(tiny, out, sig, *extra):
+    args = train_args(tiny, out, "--max-steps", "300", *extra)
     # SIGINT as at a terminal: a shell's background job (nohup ... &) starts with it ignored, and Python keeps that
     process = subprocess.Popen([sys.executable, os.path.join(HERE, "tpv.py"), *args], cwd=HERE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -1099,13 +1107,13 @@ def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
 
 
 def test_resume_with_different_arguments_is_refused(tiny, tmp_path, monkeypatch):
-    calls, real = [], train.summed_loss
+    calls, real = [], train.packed_loss
     def interrupt_at_25(*a, **k):  # Ctrl-C during the 25th loss computation
         calls.append(1)
         if len(calls) == 25:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(train, "summed_loss", interrupt_at_25)
+    monkeypatch.setattr(train, "packed_loss", interrupt_at_25)
     with pytest.raises(SystemExit) as e:
         tpv.main(train_args(tiny, tmp_path))
     assert e.value.code == 2 and os.path.exists(run_file(tmp_path, "sst2.ckpt.safetensors"))
@@ -1115,22 +1123,185 @@ def test_resume_with_different_arguments_is_refused(tiny, tmp_path, monkeypatch)
     assert result.returncode == 2 and "continue with --resume, or start over with --force" in result.stderr
 
 
-def test_non_finite_loss_stops_with_step_and_batch_and_saves_nothing_bad(tiny, tmp_path, monkeypatch, capsys):
-    training_calls, real = [], train.summed_loss
-    def nan_at_step_30(*a, **k):
-        loss = real(*a, **k)
+def nan_for_run(run, at_call, real):
+    """A packed_loss that makes `run`'s loss NaN at the at_call-th training step."""
+    calls = []
+    def patched(model, prompts, batch):
+        losses = real(model, prompts, batch)
         if torch.is_grad_enabled():  # not the validation passes
-            training_calls.append(1)
-        return loss * float("nan") if len(training_calls) == 30 and torch.is_grad_enabled() else loss
-    monkeypatch.setattr(train, "summed_loss", nan_at_step_30)
+            calls.append(1)
+            if len(calls) == at_call:
+                return losses * torch.tensor([float("nan") if r == run else 1.0 for r in range(len(losses))])
+        return losses
+    return patched
+
+
+def test_non_finite_loss_stops_the_run_with_step_and_batch_and_saves_nothing_bad(tiny, tmp_path, monkeypatch,
+                                                                                capsys):
+    monkeypatch.setattr(train, "packed_loss", nan_for_run(0, 30, train.packed_loss))
     with pytest.raises(SystemExit) as e:
         tpv.main(train_args(tiny, tmp_path))
     assert e.value.code == 2
     message = capsys.readouterr().err
-    assert "non-finite loss at step 30 (epoch 1, batch" in message and "last good checkpoint step 20" in message
-    tensors, state = train.load_checkpoint(run_file(tmp_path, "sst2.ckpt.safetensors"))
-    assert state["step"] == 20 and all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
-    assert not os.path.exists(run_file(tmp_path, "sst2.safetensors"))
+    assert "1 of 1 run(s) stopped: origin_0/sst2: non-finite loss at step 30 (epoch 1, batch" in message
+    assert "its best prompt so far: the prompt of step 20" in message and "sst2.failed.json" in message
+    failure = json.load(open(run_file(tmp_path, "sst2.failed.json")))
+    assert failure["steps"] == 29 and [h["step"] for h in failure["history"]] == [20] and "non-finite" in failure[
+        "reason"]
+    # no prompt and no record: the run is not finished, so run.sh retries it; and nothing non-finite was kept
+    assert not os.path.exists(run_file(tmp_path, "sst2.safetensors")) and not os.path.exists(run_file(tmp_path,
+                                                                                                       "sst2.json"))
+    assert not os.path.exists(run_file(tmp_path, "sst2.ckpt.safetensors"))
+
+
+# -----------------------------------------------------------------------------
+# packed runs: every run of a pack is the run alone
+
+def test_one_adamw_over_a_stack_is_r_adamws():
+    torch.manual_seed(0)
+    stacked = torch.nn.Parameter(torch.randn(3, 5, 4))
+    alone = [torch.nn.Parameter(stacked.detach()[r].clone()) for r in range(3)]
+    optimizers = [torch.optim.AdamW([p], lr=0.3, weight_decay=1e-5) for p in alone]
+    packed = torch.optim.AdamW([stacked], lr=0.3, weight_decay=1e-5)
+    for step in range(5):
+        grads = torch.randn(3, 5, 4) * 10 ** torch.arange(-2, 1).view(3, 1, 1)  # three scales
+        stacked.grad = grads.clone()
+        packed.step()
+        for r, (p, optimizer) in enumerate(zip(alone, optimizers)):
+            p.grad = grads[r].clone()
+            optimizer.step()
+    assert all(torch.equal(stacked.detach()[r], alone[r].detach()) for r in range(3))  # element-wise: bit for bit
+
+
+def test_each_run_clips_its_own_gradient_and_gets_its_own_loss(tiny):
+    grads = torch.randn(3, 50, 32)
+    grads[0] *= 1e6 / grads[0].norm()  # a huge gradient: clipped to norm 1
+    grads[1] *= 1e-3 / grads[1].norm()  # a tiny one: left as it is (another run's size does not shrink it)
+    alone = [g.clone() for g in grads]
+    norms = train.clip_per_run(grads, 1.0)
+    for r in range(3):
+        p = torch.nn.Parameter(torch.zeros(50, 32))
+        p.grad = alone[r]
+        assert norms[r].item() == pytest.approx(torch.nn.utils.clip_grad_norm_([p], 1.0).item(), rel=1e-6)
+        torch.testing.assert_close(grads[r], p.grad, rtol=1e-6, atol=0)
+    assert grads[0].norm().item() == pytest.approx(1.0, rel=1e-5) and grads[1].norm().item() == pytest.approx(1e-3)
+    # the packed loss of each run, and its gradient, is its loss alone
+    model = model_t5.load_t5(str(tiny / "model"))
+    model_t5.set_dropout(model, 0.0)
+    tok = model_t5.load_tokenizer(str(tiny / "model"))
+    tokens = data.split_tokens(data.get_task("sst2"), ["train"], tok, str(tiny / "data"))["train"][0]
+    batch_ = data.collate(tokens, np.arange(4))
+    prompts_ = torch.nn.Parameter(torch.randn(3, 50, 32) * torch.tensor([1.0, 100.0, 0.01]).view(3, 1, 1))
+    train.packed_loss(model, prompts_, batch_).sum().backward()
+    for r in range(3):
+        p = torch.nn.Parameter(prompts_.detach()[r].clone())
+        loss = train.packed_loss(model, p[None], batch_)[0]
+        loss.backward()
+        torch.testing.assert_close(p.grad, prompts_.grad[r], rtol=1e-5, atol=1e-7)
+
+
+def test_a_stopped_run_no_longer_moves_and_the_others_do_as_alone():
+    config = train.recipe("sst2", max_steps=10)
+    state = train.TrainState.new(config, torch.randn(3, 5, 4), torch.device("cpu"), False)
+    alone = train.TrainState.new(config, state.inits[2:].clone(), torch.device("cpu"), False)
+    for step in range(6):
+        if step == 2:
+            state.stopped[1] = {"reason": "test", "steps": 2}
+            frozen = [t[1].clone() for t in [state.prompts.data, *state.moments()]]
+        grads = torch.randn(3, 5, 4)
+        if step >= 2:
+            grads[1] = float("nan")  # what a stopped run's gradient may hold: it must reach nothing
+        state.prompts.grad, alone.prompts.grad = grads.clone(), grads[2:].clone()
+        state.step_optimizer()
+        alone.step_optimizer()
+    assert all(torch.equal(t[1], f) for t, f in zip([state.prompts.data, *state.moments()], frozen))
+    assert torch.equal(state.prompts.data[2], alone.prompts.data[0]) and state.running() == [0, 2]
+
+
+def packed_run(tiny, out, *extra):
+    return cli_run(train_args(tiny, out, "--max-steps", "40", "--dropout", "0", "--scoring", "rank", *extra))
+
+
+def cli_run(argv):
+    code = 0
+    try:
+        tpv.main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code
+
+
+def prompt_and_history(out, origin, name="sst2"):
+    path = os.path.join(out, "model", f"origin_{origin}", name)
+    return prompts.load_prompt(path + ".safetensors")[0], json.load(open(path + ".json"))
+
+
+def test_packed_runs_equal_the_runs_alone_and_record_their_pack(tiny, tmp_path, capsys):
+    assert packed_run(tiny, tmp_path / "packed", "--origins", "0,3") == 0
+    assert "2 runs packed" in capsys.readouterr().out
+    for origin in (0, 3):
+        assert packed_run(tiny, tmp_path / "alone", "--origin", str(origin)) == 0
+        packed, packed_record = prompt_and_history(tmp_path / "packed", origin)
+        alone, alone_record = prompt_and_history(tmp_path / "alone", origin)
+        torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-6)
+        losses = lambda record: [h["validation_loss"] for h in record["history"]]
+        assert losses(packed_record) == pytest.approx(losses(alone_record), rel=1e-5)
+        assert packed_record["arguments"] == alone_record["arguments"] | {"out": str(tmp_path / "packed")}
+        assert packed_record["pack"]["runs"] == ["origin_0/sst2", "origin_3/sst2"]
+        assert alone_record["pack"]["runs"] == [f"origin_{origin}/sst2"] and packed_record["torch"] == torch.__version__
+    # a finished pack is skipped, and says so
+    assert packed_run(tiny, tmp_path / "packed", "--origins", "0,3") == 2
+    assert "all 2 runs of this command are finished (pass --force" in capsys.readouterr().err
+
+
+def test_a_run_that_stops_on_a_validation_step_fails_with_one_line(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "packed_loss", nan_for_run(0, 10, train.packed_loss))
+    assert cli_run(train_args(tiny, tmp_path, "--max-steps", "20", "--eval-every", "10")) == 2
+    assert "1 of 1 run(s) stopped: origin_0/sst2: non-finite loss at step 10" in capsys.readouterr().err
+    failure = json.load(open(run_file(tmp_path, "sst2.failed.json")))  # plain JSON: never validated is null
+    assert failure["steps"] == 9 and failure["history"] == [] and failure["best_validation_loss"] is None
+
+
+def test_a_non_finite_run_stops_alone_and_the_others_finish(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "packed_loss", nan_for_run(1, 10, train.packed_loss))
+    assert packed_run(tiny, tmp_path, "--origins", "0-2") == 2
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]  # (the lines before it: the test evaluation's progress)
+    assert last.startswith("tpv: error: 1 of 3 run(s) stopped: origin_1/sst2: non-finite loss at step 10"), err
+    assert json.load(open(os.path.join(tmp_path, "model", "origin_1", "sst2.failed.json")))["steps"] == 9
+    assert not os.path.exists(os.path.join(tmp_path, "model", "origin_1", "sst2.json"))
+    for origin in (0, 2):
+        _, record = prompt_and_history(tmp_path, origin)
+        assert record["steps"] == 40 and "sst2" in record["test"]
+    # run again (as run.sh does): the stopped run is trained, the finished ones are skipped; its failure record goes
+    monkeypatch.undo()
+    assert packed_run(tiny, tmp_path, "--origins", "0-2") == 0
+    assert "skipped origin_0/sst2: finished" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(tmp_path, "model", "origin_1", "sst2.failed.json"))
+
+
+def test_sigkill_and_resume_of_a_pack_give_bit_identical_prompts(tiny, tmp_path):
+    pack = ["--origins", "0,1", "--max-steps", "120", "--scoring", "rank"]
+    reference = run_cli(*train_args(tiny, tmp_path / "a", *pack))
+    assert reference.returncode == 0, reference.stderr
+    code, _ = interrupt_then_resume(tiny, tmp_path / "b", signal.SIGKILL, *pack)  # dropout on
+    assert code == -signal.SIGKILL
+    for origin in (0, 1):
+        assert torch.equal(prompt_and_history(tmp_path / "a", origin)[0], prompt_and_history(tmp_path / "b", origin)[0])
+
+
+def test_packed_evaluation_equals_one_prompt_at_a_time(tiny, tmp_path, capsys):
+    assert packed_run(tiny, tmp_path, "--origins", "0") == 0
+    assert packed_run(tiny, tmp_path, "--init", "random", "--name", "other") == 0
+    capsys.readouterr()
+    common = ["--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(tmp_path), "--split",
+              "validation"]
+    results = {}
+    for prompt_args in (["--prompt", "sst2"], ["--prompt", "other"], ["--prompt", "sst2", "--prompt", "other"]):
+        assert cli_run(["eval", "sst2", *prompt_args, *common]) == 0
+        results[len(results)] = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+                                 if line.startswith("{")]
+    assert results[2] == results[0] + results[1]
 
 
 def test_two_processes_compute_what_one_computes(tiny, tmp_path):
@@ -1179,14 +1350,14 @@ def test_generation_and_rank_scoring_agree_on_a_model_that_has_learnt_the_labels
     model.requires_grad_(True)  # fine-tune the whole tiny model until it emits label words
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(60):
-        train.summed_loss(model(batch_["input_ids"], model_t5.shift_right(batch_["labels"]), batch_["attention_mask"]),
-                          batch_["labels"]).backward()
+        F.cross_entropy(model(batch_["input_ids"], model_t5.shift_right(batch_["labels"]), batch_["attention_mask"])
+                        .flatten(0, 1), batch_["labels"].flatten(), ignore_index=-100).backward()
         optimizer.step()
         optimizer.zero_grad()
     model.requires_grad_(False)
     subset = data.select(tokens, idx)
-    generated = evaluation.predict(model, task, subset, tok, None, "generate")
-    ranked = evaluation.predict(model, task, subset, tok, None, "rank")
+    [generated] = evaluation.predict(model, task, subset, tok, None, "generate")
+    [ranked] = evaluation.predict(model, task, subset, tok, None, "rank")
     assert all(g in task.labels for g in generated) and generated == ranked
     assert generated == [task.target(rows[i]) for i in idx]
 
@@ -1255,6 +1426,8 @@ def test_bf16_autocast_on_cpu_trains_an_fp32_prompt(tiny, tmp_path):
     result = run_cli(*train_args(tiny, tmp_path, "--precision", "bf16", "--max-steps", "6", "--eval-every", "3"))
     assert result.returncode == 0, result.stderr
     assert "bf16, cpu" in result.stdout
+    emulated = "warning: this CPU has no native bf16" in result.stdout  # one line before training, where emulated
+    assert emulated == train.bf16_is_emulated(torch.device("cpu"))
     prompt, _, _ = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
     assert prompt.dtype == torch.float32 and torch.isfinite(prompt).all()
     result = run_cli(*train_args(tiny, tmp_path / "x", "--precision", "fp16"))
@@ -1307,8 +1480,8 @@ def test_lambda_sweep_picks_the_best_mean_validation_score(monkeypatch):
     tasks = [data.get_task("sst2"), data.get_task("rte")]
     curve = {"sst2": lambda lam: 1 - (lam - 0.3) ** 2, "rte": lambda lam: 1 - (lam - 0.5) ** 2}
     monkeypatch.setattr(data, "split_tokens", lambda task, splits, tok, root: {s: None for s in splits})
-    monkeypatch.setattr(evaluation, "evaluate", lambda model, tok, task, split_data, prompt, **kw:
-                        {"exact_match": curve[task.name](float(prompt[0, 0]))})
+    monkeypatch.setattr(evaluation, "evaluate_all", lambda model, tok, task, split_data, prompts_, **kw:
+                        [{"exact_match": curve[task.name](float(p[0, 0]))} for p in prompts_])
     v = make_vector("v", 0, origin=0.0)
     v = v._replace(tau=torch.ones(4, 3))  # origin 0 + lam * 1: the prompt's first entry is lam itself
     model = torch.nn.Linear(1, 1)
@@ -1430,13 +1603,13 @@ def finished(tiny, tmp_path_factory):
     quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
     for task in ("sst2", "rte"):
         tpv.main(train_args(tiny, out, *quick)[:1] + [task] + train_args(tiny, out, *quick)[2:])
-    real = evaluation.evaluate
-    evaluation.evaluate = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl-C in the test evaluation
+    real = evaluation.evaluate_all
+    evaluation.evaluate_all = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl-C in the test evaluation
     try:
         with pytest.raises(SystemExit):
             tpv.main(train_args(tiny, out, *quick, "--name", "killed"))
     finally:
-        evaluation.evaluate = real
+        evaluation.evaluate_all = real
     assert os.path.exists(run_file(out, "killed.ckpt.safetensors")) and not os.path.exists(run_file(out, "killed.json"))
     return out
 
@@ -1472,6 +1645,13 @@ def adapter(folder, config, rows=50):
 PEFT = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 50}
 
 
+def pack_checkpoint(out, name, labels):
+    """A checkpoint, at run `name` of origin 0, of a pack holding the runs `labels`."""
+    config = train.recipe("sst2", max_steps=4)
+    state = train.TrainState.new(config, torch.zeros(len(labels), 50, 32), torch.device("cpu"), False)
+    state.save(run_file(out, f"{name}.ckpt.safetensors"), config, labels, 2, torch.get_rng_state())
+
+
 def ckpt(out):
     return run_file(out, "killed.ckpt.safetensors")
 
@@ -1502,6 +1682,25 @@ BAD_INPUTS = [
     ("origins that do not parse", "cross-origin sst2 --origins 0,x", None, "use origins 0..9"),
     ("a reversed origin range", "similarity --origins 5-2", None, "use origins 0..9"),
     ("origin 10", "eval sst2 --prompt sst2 --origin 10", None, "invalid choice"),
+    ("train --origins that do not parse", "train sst2 --origins 0-x", None, "use origins 0..9"),
+    ("train --origins out of range", "train sst2 --origins 8-12", None, "use origins 0..9"),
+    ("--origin and --origins", "train sst2 --origin 1 --origins 0-2", None, "give one of them"),
+    ("--name for several runs", "train sst2 --origins 0-2 --name x", None, "--name names one run"),
+    ("the same init twice", "train sst2 --origins 0-1 --init rte --init rte", None, "give each init once"),
+    ("an origin-free init on several origins", "train sst2 --origins 0-1 --init random", None,
+     "does not depend on the origin"),
+    ("--pack 0", "train sst2 --origins 0-1 --pack 0", None, "--pack: must be at least 1"),
+    ("--force over a pack holding other runs", "train sst2 --name packed --force",
+     lambda o, t: pack_checkpoint(o, "packed", ["origin_0/packed", "origin_1/packed"]),
+     "holds runs this command does not train (origin_1/packed)"),
+    ("a run held by another pack", "train sst2 --origin 1 --name packed",
+     lambda o, t: pack_checkpoint(o, "packed", ["origin_0/packed", "origin_1/packed"]),
+     "is the checkpoint of a pack of 2 runs holding origin_1/packed"),
+    ("prompts of two lengths", "eval sst2 --prompt sst2 --prompt {tmp}/short.safetensors",
+     lambda o, t: prompts.save_prompt(f"{t}/short.safetensors", torch.zeros(10, 32), torch.zeros(10, 32), {}),
+     "the prompts have different lengths (10 and 50 vectors)"),
+    ("resume with another --pack", "train sst2 --name killed --resume --max-steps 4 --eval-every 2 --warmup 1 "
+     "--batch-size 16 --pack 2", None, "--resume with different arguments: pack was 1, now 2"),
     ("NaN lambda", "add sst2 rte --lambda nan", None, "--lambda nan is out of range"),
     ("download-data offline", "download-data trec --offline --data-dir {tmp}/d", None, "forbids downloading"),
     # resume
@@ -1565,13 +1764,13 @@ def test_better_outcomes_of_odd_inputs(finished, tiny, tmp_path, capsys):
                             capsys)
     assert code == 0, err
     # Ctrl-C during the first validation, before any record of one: --resume validates and goes on
-    real, calls = train.validation_loss, []
+    real, calls = train.validation_losses, []
     def interrupt_first(*a, **k):
         calls.append(1)
         if len(calls) == 1:
             raise KeyboardInterrupt
         return real(*a, **k)
-    train.validation_loss = interrupt_first
+    train.validation_losses = interrupt_first
     try:
         first = ["train", "sst2", "--name", "early", "--model", str(tiny / "model"), *common, "--max-steps", "4",
                  "--eval-every", "2", "--warmup", "1"]
@@ -1579,7 +1778,7 @@ def test_better_outcomes_of_odd_inputs(finished, tiny, tmp_path, capsys):
         code, err = cli_outcome(first + ["--resume"], capsys)
         assert code == 0 and len(json.load(open(run_file(out, "early.json")))["history"]) == 2, err
     finally:
-        train.validation_loss = real
+        train.validation_losses = real
     # the lock of a writer that died is taken over
     write_bytes(run_file(out, "again.safetensors.lock"), b"999999999")
     assert cli_outcome(["train", "sst2", "--name", "again", "--shots", "0", "--model", str(tiny / "model"),
@@ -1603,9 +1802,24 @@ def test_run_sh_quick_end_to_end_and_restartable(tmp_path):
     for init in ("random origin", "sst2", "cola", "sst2,cola", "sst2+cola"):
         assert f"| {init} |" in report  # every initialisation of the few-shot table
     ET.parse(tmp_path / "results" / "fewshot_rte.svg")
+    launched = lambda process: re.findall(r"^\[\d+/\d+\] .* tpv\.py (train .*|add .*)$", process.stdout, re.M)
+    # packs: sst2, cola, sst2,cola and rte per shot count (each on both origins, rte from all five inits)
+    assert sorted(c.split(" --")[0] for c in launched(first) if c.startswith("train")) == [
+        "train cola", "train rte", "train rte", "train sst2", "train sst2,cola"]
+    # restart: finished packs are skipped; a pack missing one run runs again and trains that run alone
+    origin_1 = tmp_path / "runs" / "tiny-t5" / "origin_1"
+    records = lambda: {p: os.stat(p).st_mtime_ns for p in origin_1.parent.glob("origin_*/rte_5shots*.json")
+                       if p != origin_1 / "rte_5shots_init-sst2+cola.json"}
+    kept = records()
+    for suffix in (".json", ".safetensors"):
+        os.remove(origin_1 / f"rte_5shots_init-sst2+cola{suffix}")
     again = subprocess.run(["bash", os.path.join(HERE, "run.sh"), *options], capture_output=True, text=True,
                            env=env, timeout=600)
-    assert again.returncode == 0 and "[1/" not in again.stdout  # everything finished is skipped
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert [c.split(" --origins")[0] for c in launched(again)] == [
+        "train rte --shots 5 --init origin --init sst2 --init cola --init sst2,cola --init sst2+cola"]
+    assert (origin_1 / "rte_5shots_init-sst2+cola.json").exists()
+    assert len(kept) == 9 and records() == kept  # the other runs of the pack were skipped, not trained again
 
 
 # -----------------------------------------------------------------------------
@@ -1628,3 +1842,82 @@ def test_bench_step_eval_and_epoch_run_every_variant():
     epoch = bench("epoch", "--tasks", "mnli", "--samples", os.path.join(SHARED, "data"), "--tokenizer", SPIECE)
     assert epoch.returncode == 0, epoch.stderr
     assert re.search(r"^mnli +51( +[\d.]+x?){8}$", epoch.stdout, re.M), epoch.stdout
+
+
+# -----------------------------------------------------------------------------
+# CUDA: skipped without a GPU; .ci/gpu runs them on a lent GPU machine (README, "On a GPU")
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (.ci/gpu runs these)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-autocast"])
+def test_cuda_logits_and_prompt_gradient_match_hugging_face(checkpoints, family, precision):
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    ours = model_t5.load_t5(checkpoints[family], device="cuda", dtype=dtype)
+    hf = load_hf(checkpoints[family], dtype).cuda()
+    ids, mask, labels = (t.cuda() for t in batch())
+    dec = model_t5.shift_right(labels)
+    prompt = torch.nn.Parameter(torch.randn(5, 32, device="cuda"))
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16-autocast")
+    with autocast:
+        got = ours(ids, dec, mask, prompt=prompt)
+        embeds = torch.cat([prompt.expand(3, -1, -1).to(dtype), hf.shared(ids)], dim=1)
+        expected = hf(inputs_embeds=embeds, attention_mask=torch.cat([mask.new_ones(3, 5), mask], 1),
+                      decoder_input_ids=dec).logits
+    assert rel_diff(got, expected) < (1e-5 if precision == "fp32" else 2e-2), precision
+    mine, = torch.autograd.grad(got.float().sum(), prompt)
+    theirs, = torch.autograd.grad(expected.float().sum(), prompt)
+    assert rel_diff(mine, theirs) < (1e-4 if precision == "fp32" else 5e-2)
+
+
+@needs_cuda
+def test_cuda_training_bf16_packed_equal_alone_and_resume(tiny, tmp_path, capsys):
+    # bf16 autocast (the default on CUDA) trains fp32 prompts
+    assert packed_run(tiny, tmp_path / "bf16", "--origins", "0,1", "--device", "cuda", "--dropout", "0.1") == 0
+    assert ", bf16, cuda" in capsys.readouterr().out
+    prompt, init, _ = prompts.load_prompt(os.path.join(tmp_path, "bf16", "model", "origin_1", "sst2.safetensors"))
+    assert prompt.dtype == torch.float32 and torch.isfinite(prompt).all() and not torch.equal(prompt, init)
+    # packed equals alone on the GPU too (fp32, no dropout)
+    assert packed_run(tiny, tmp_path / "packed", "--origins", "0,3", "--device", "cuda", "--precision", "fp32") == 0
+    assert packed_run(tiny, tmp_path / "alone", "--origin", "3", "--device", "cuda", "--precision", "fp32") == 0
+    torch.testing.assert_close(prompt_and_history(tmp_path / "packed", 3)[0],
+                               prompt_and_history(tmp_path / "alone", 3)[0], rtol=1e-5, atol=1e-6)
+    # a pack killed at a checkpoint and resumed ends where the uninterrupted pack ends (dropout on, bf16)
+    pack = ["--origins", "0,1", "--max-steps", "120", "--scoring", "rank", "--device", "cuda"]
+    reference = run_cli(*train_args(tiny, tmp_path / "a", *pack))
+    assert reference.returncode == 0, reference.stderr
+    code, _ = interrupt_then_resume(tiny, tmp_path / "b", signal.SIGKILL, *pack)
+    assert code == -signal.SIGKILL
+    for origin in (0, 1):
+        a, b = prompt_and_history(tmp_path / "a", origin)[0], prompt_and_history(tmp_path / "b", origin)[0]
+        print(f"origin {origin}: resumed prompt bit-identical: {torch.equal(a, b)}, max diff "
+              f"{(a - b).abs().max().item():.3g}")
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("runs, batch_size, source, target", [(1, 32, 306, 4), (10, 2, 150, 4), (50, 2, 150, 4)])
+def test_cuda_activation_estimate_bounds_the_measured_memory(runs, batch_size, source, target):
+    """train.activation_bytes (which sizes the default --pack) against what a packed bf16 step really takes, at
+    the t5-small shape: an estimate that is never below the truth and at most 3x above it."""
+    torch.manual_seed(0)
+    model = model_t5.T5(model_t5.T5Config(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)).cuda()
+    model.requires_grad_(False)
+    ids = torch.randint(3, 32000, (batch_size, source - 50), device="cuda")
+    batch_ = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "labels": torch.randint(3, 32000, (batch_size, target), device="cuda")}
+    prompts_ = torch.nn.Parameter(torch.randn(runs, 50, 512, device="cuda"))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    with torch.autocast("cuda", torch.bfloat16):
+        losses = train.packed_loss(model, prompts_, batch_)
+    losses.sum().backward()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - before
+    estimate = train.activation_bytes(model.config, runs * batch_size, source, target, "bf16")
+    print(f"runs {runs} x batch {batch_size}, {source}+{target} tokens: measured {measured / 2**20:,.0f} MiB, "
+          f"estimated {estimate / 2**20:,.0f} MiB ({estimate / measured:.2f}x)")
+    assert measured <= estimate <= 3 * measured

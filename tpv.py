@@ -37,6 +37,7 @@ import hub
 import interchange
 import metrics
 import model_t5
+import packs
 import prompts
 import runs
 import train
@@ -50,45 +51,55 @@ USER_ERRORS = (model_t5.CheckpointError, hub.DownloadError, data.DataError, prom
 # training and evaluation
 
 def cmd_train(args):
-    config = train.recipe(args.task, args.shots, **recipe_flags(args))
-    tasks = [data.get_task(name) for name in config.task.split(",")]
-    rank, _, local_rank = train.distributed()
+    origins, inits = args.origins or [args.origin], args.init or [TrainConfig.init]
+    command = packs.command_runs(args.task, args.shots, origins, inits, recipe_flags(args), args.out, args.name)
+    rank, world, local_rank = train.distributed()
     device = pick_device(args.device, local_rank)
-    model, tokenizer = load_model(args, device, config.dropout)
-    paths = runs.run_paths(args.out, config.model, config.origin,
-                           runs.run_name(config.task, config.shots, config.init, args.name))
-    with files.exclusive(paths.prompt) if rank == 0 else nullcontext():  # one writer per run
-        runs.check_can_start(paths, args.force, args.resume)
-        if args.force and not args.resume and os.path.exists(paths.checkpoint):
-            os.remove(paths.checkpoint)  # starting over: a later --resume must not find the old run's state
-        init = runs.resolve_init(config, model, tokenizer, args.out)
-        record, best = train.train(config, model, tokenizer, tasks, init, paths.checkpoint, args.resume,
-                                   log=print if rank == 0 else lambda *a: None)
-        if rank != 0:
-            return
-        options = evaluation.options(args.scoring, config.precision, device)
-        results = {t.name: ("test", evaluation.evaluate(model, tokenizer, t, test_split(t, tokenizer, config.data_dir),
-                                                        best, **options)) for t in tasks}  # the paper's report
-        runs.finish(paths, best, init, runs.run_meta(model, config, record, init.shape[0]),
-                    {"arguments": dataclasses.asdict(config) | {"scoring": args.scoring, "device": str(device),
-                                                                "name": args.name, "out": args.out}, **record,
-                     "test": {name: m for name, (_, m) in results.items()}})
-    print(f"wrote {paths.prompt} and {paths.record}")
-    print(metrics.table(results))
+    with packs.locks(command) if rank == 0 else nullcontext():  # one writer per run
+        todo = packs.to_train(command, args.force)
+        for run in command:
+            if run not in todo:
+                print(f"skipped {run.label}: finished ({run.paths.record})")
+        model, tokenizer = load_model(args, device, command[0].config.dropout)
+        pack = train.same_on_all_ranks(args.pack or (args.resume and packs.stored_pack_size(command)) or
+                                       packs.default_pack(todo, command, model, tokenizer, device))
+        if len(todo) > 1:
+            print(f"{len(todo)} runs, {min(pack, len(todo))} at a time" + (
+                "" if args.pack else " (the memory budget's largest pack; set it with --pack)"))
+        written, failures = packs.train_packs(todo, command, pack, model, tokenizer, device, args.scoring,
+                                              args.resume, args.force, print if rank == 0 else lambda *a: None,
+                                              rank, world)
+    if rank != 0:
+        return
+    for run in written:
+        record = files.read_json(run.paths.record)
+        print(f"wrote {run.paths.prompt} and {run.paths.record}")
+        print(metrics.table({name: ("test", m) for name, m in record["test"].items()}))
+    if failures:
+        run, reason = failures[0]
+        raise train.TrainingError(f"{len(failures)} of {len(todo)} run(s) stopped: {run.label}: {reason}; see "
+                                  f"{run.paths.failure}" + (" and the others' .failed.json" if len(failures) > 1
+                                                            else ""))
 
 
 def cmd_eval(args):
     task, device = data.get_task(args.task), pick_device(args.device)
     model, tokenizer = load_model(args, device)
-    path = runs.prompt_file(args.prompt, args.out, args.model, args.origin)
-    prompt, _, _ = runs.load_fitting(path, args.model, model)
+    paths = [runs.prompt_file(spec, args.out, args.model, args.origin) for spec in args.prompt]
+    loaded = [runs.load_fitting(path, args.model, model)[0] for path in paths]
+    lengths = sorted({p.shape[0] for p in loaded})
+    if len(lengths) > 1:
+        raise prompts.PromptError(f"the prompts have different lengths ({lengths[0]} and {lengths[-1]} vectors); "
+                                  f"evaluate them in separate commands")
+    prompts_ = torch.stack(loaded)  # (R, n, d), evaluated together
     split = data.split_tokens(task, [args.split], tokenizer, args.data_dir)[args.split]
     started = time.time()
-    result = evaluation.evaluate(model, tokenizer, task, split, prompt,
-                                 **evaluation.options(args.scoring, args.precision, device, args.max_new_tokens))
-    print(f"{path}: {len(split[1]):,} examples in {time.time() - started:.1f}s ({args.scoring})")
-    print(metrics.table({task.name: (args.split, result)}))
-    print(json.dumps(result))
+    results = evaluation.evaluate_all(model, tokenizer, task, split, prompts_, **evaluation.options(
+        args.scoring, args.precision, device, args.max_new_tokens))
+    print(f"{', '.join(paths)}: {len(split[1]):,} examples in {time.time() - started:.1f}s ({args.scoring})")
+    for path, result in zip(paths, results):
+        print(metrics.table({task.name if len(paths) == 1 else path: (args.split, result)}))
+        print(json.dumps(result))
 
 
 def cmd_add(args):
@@ -265,14 +276,10 @@ def tokenizer_for(args):
     return model_t5.load_tokenizer(hub.resolve_tokenizer(args.model, args.models_dir, allow_download=not args.offline))
 
 
-def test_split(task, tokenizer, data_dir):
-    return data.split_tokens(task, ["test"], tokenizer, data_dir)["test"]
-
-
 def recipe_flags(args):
     """The TrainConfig fields the user set on the command line (argparse leaves the others None)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if f.name not in ("task", "shots") and getattr(args, f.name, None) is not None}
+            if f.name not in ("task", "shots", "origin", "init") and getattr(args, f.name, None) is not None}
 
 
 # -----------------------------------------------------------------------------
@@ -285,7 +292,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "add": cmd_add, "cross-origin"
 
 
 def main(argv=None):
-    args = cli.build_parser(__doc__).parse_args(argv)  # cli.py: every option of every command
+    args = cli.parse_args(argv, __doc__)  # cli.py: every option of every command
     try:
         COMMANDS[args.command](args)
     except USER_ERRORS as e:

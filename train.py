@@ -6,6 +6,11 @@ task and the shot count. `train()` reads top to bottom: data, state, then the lo
 and its validation marked as sections. Checkpoints hold everything a run needs to continue bit for bit (prompt,
 optimizer, schedule position, RNG states, data position); data parallel runs (torchrun) split each global batch
 across ranks and sum the prompt's gradient, so N processes compute what one process computes.
+
+The loop trains a pack of R runs at once (R = 1: one run). Runs that share the model, the task, the examples and
+their order differ only in their prompt, and the model is frozen: so each step repeats the batch R times and
+prepends run r's prompt to copy r (packed_loss). Every run keeps its own loss, gradient, clipping, AdamW moments,
+validation and best prompt; a run that turns non-finite stops alone.
 """
 import dataclasses
 import json
@@ -106,98 +111,211 @@ def resolve_precision(precision, device):
     return precision
 
 
+def same_on_all_ranks(value):
+    """Rank 0's value on every rank (data parallel ranks must cut the same packs); the value itself otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
 def distributed():
     """(rank, world size, local rank) under torchrun; (0, 1, 0) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, 0
     if not dist.is_initialized():
+        if torch.cuda.is_available():  # NCCL's collectives run on the current device: this rank's own GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def bf16_is_emulated(device):
+    """True on a CPU without native bf16 (AVX512-BF16 or AMX): there PyTorch emulates bf16 matrix products, about
+    100x slower than fp32 (docs/speed.md), so a bf16 run would crawl."""
+    if device.type != "cpu" or not os.path.exists("/proc/cpuinfo"):
+        return False  # CUDA has bf16 units; elsewhere (macOS) we cannot tell, so we do not warn
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    return not {"avx512_bf16", "amx_bf16"} & set(flags)
+
+
 # -----------------------------------------------------------------------------
-# losses
+# packing: R runs that differ only in their prompt share every step of the frozen model
 
-def summed_loss(logits, labels):
-    """Summed cross-entropy over the target tokens (labels are -100 on padding), in fp32 under any autocast."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+def packed_loss(model, prompts, batch):
+    """prompts (R, n, d), a batch of B examples -> (R,) summed cross-entropy of each run over its own copy of the
+    batch, in fp32 under any autocast. Row r*B + b is example b with run r's prompt, so a run's loss (and therefore
+    its gradient) comes from its rows only: the model is frozen, and T5 has no operation across rows."""
+    R, B = prompts.shape[0], batch["input_ids"].shape[0]
+    rows = {k: v.repeat(R, 1) for k, v in batch.items()}  # (R*B, S) and (R*B, T), run-major
+    logits = model(rows["input_ids"], model_t5.shift_right(rows["labels"]), rows["attention_mask"],
+                   prompt=prompts.repeat_interleave(B, dim=0))  # prompt rows (R*B, n, d) -> logits (R*B, T, V)
+    token_losses = F.cross_entropy(logits.float().flatten(0, 1), rows["labels"].flatten(), ignore_index=-100,
+                                   reduction="none")  # (R*B*T,), 0 on padding
+    return token_losses.view(R, -1).sum(1)  # (R,)
 
+
+def clip_per_run(grad, max_norm):
+    """Each run's gradient (R, n, d) clipped to its own norm, as torch's clip_grad_norm_ clips one run's
+    (transformers Trainer's max_grad_norm). -> (R,) the norms before clipping."""
+    norms = torch.linalg.vector_norm(grad.flatten(1), dim=1)  # (R,)
+    grad.mul_((max_norm / (norms + 1e-6)).clamp(max=1.0)[:, None, None])
+    return norms
+
+
+def activation_bytes(cfg, rows, source_len, target_len, precision):
+    """An estimate, from the shapes, of the memory of one training step over `rows` sequences of source_len
+    tokens (the prompt included) and target_len targets: per layer and token the saved inputs of the projections,
+    layer norms and dropout masks and the attention probabilities, plus the logits in fp32 with their gradient.
+    The tensors autograd saves come to about 10-14 x d_model + 3 x d_ff + 3 x heads x keys elements per layer and
+    token (counted with saved_tensors_hooks at the t5-small shape); the coefficients below are larger, for the
+    step's transient tensors, and test_tpv.py checks the estimate against torch.cuda.max_memory_allocated."""
+    element = 4 if precision == "fp32" else 2
+    d, ff, heads = cfg.d_model, cfg.d_ff, cfg.num_heads
+    encoder = cfg.num_layers * source_len * (24 * d + 6 * ff + 6 * heads * source_len)
+    decoder = cfg.num_decoder_layers * target_len * (32 * d + 6 * ff + 6 * heads * (target_len + source_len))
+    logits = target_len * cfg.vocab_size * (element + 8)
+    return rows * ((encoder + decoder) * element + logits)
+
+
+def memory_budget(device):
+    """Bytes the packed activations may take: 80 % of the free GPU memory, or half of the available RAM."""
+    if device.type == "cuda":
+        return int(0.8 * torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # macOS has no SC_AVPHYS_PAGES, Windows no sysconf
+            available = 8 * 2 ** 30  # unknown: assume 8 GiB free
+    return available // 2
+
+
+def largest_pack(cfg, batch_size, source_len, target_len, precision, device):
+    """The most runs whose packed step fits memory_budget(device) (at least 1)."""
+    per_run = activation_bytes(cfg, batch_size, source_len, target_len, precision)
+    return max(1, memory_budget(device) // per_run)
+
+
+# -----------------------------------------------------------------------------
+# validation
 
 @torch.no_grad()
-def validation_loss(model, tokens, prompt, autocast, device, batch_size=64):
-    """Mean cross-entropy per target token over a whole split, dropout off."""
+def validation_losses(model, tokens, prompts, autocast, device, batch_size=64):
+    """(R,) mean cross-entropy per target token over a whole split for each of R prompts (R, n, d), dropout off.
+    About batch_size rows per forward: batch_size // R examples, each repeated for the R runs."""
     model.eval()
-    total, count = 0.0, 0
+    totals, count = torch.zeros(prompts.shape[0], dtype=torch.float64), 0
     order = np.argsort(data.lengths(tokens), kind="stable")
-    for start in range(0, len(order), batch_size):
-        batch = {k: v.to(device) for k, v in data.collate(tokens, order[start:start + batch_size]).items()}
-        labels = batch["labels"]
+    step = max(1, batch_size // prompts.shape[0])
+    for start in range(0, len(order), step):
+        batch = {k: v.to(device) for k, v in data.collate(tokens, order[start:start + step]).items()}
         with autocast():
-            total += summed_loss(model(batch["input_ids"], model_t5.shift_right(labels), batch["attention_mask"],
-                                       prompt=prompt), labels).item()
-        count += int((labels != -100).sum())
+            totals += packed_loss(model, prompts, batch).double().cpu()
+        count += int((batch["labels"] != -100).sum())
     model.train()
-    return total / max(count, 1)
+    return (totals / max(count, 1)).tolist()
 
 
 # -----------------------------------------------------------------------------
-# the state of a run: saves and restores itself, so that a resumed run continues bit for bit
+# the state of a pack of runs: saves and restores itself, so that a resumed pack continues bit for bit
 
 @dataclass
 class TrainState:
-    prompt: torch.nn.Parameter  # (n, d), the only trained tensor
-    init: torch.Tensor  # (n, d), where tuning started
-    optimizer: torch.optim.AdamW
+    prompts: torch.nn.Parameter  # (R, n, d): one prompt per run, the only trained tensor
+    inits: torch.Tensor  # (R, n, d), where each run started
+    optimizer: torch.optim.AdamW  # over the stack: AdamW is element-wise, so this is R AdamWs (test_tpv.py)
     scaler: torch.amp.GradScaler
     step: int = 0
     epoch: int = 0
     next_batch: int = 0  # position inside the epoch's batches
-    best_loss: float = math.inf
-    best_step: int = 0
-    best_prompt: torch.Tensor = None
-    history: list = field(default_factory=list)
+    best_loss: list = None  # per run
+    best_step: list = None
+    best_prompts: torch.Tensor = None  # (R, n, d)
+    history: list = None  # per run: [{"step", "validation_loss", "lr", ...}, ...]
+    stopped: dict = field(default_factory=dict)  # run index -> {"reason", "steps" it took}; it no longer moves
 
     @classmethod
-    def new(cls, config, init, device, use_scaler):
-        prompt = torch.nn.Parameter(init.clone().to(device))
-        return cls(prompt, init, torch.optim.AdamW([prompt], lr=config.lr, weight_decay=config.weight_decay),
-                   torch.amp.GradScaler(device.type, enabled=use_scaler), best_prompt=prompt.detach().clone())
+    def new(cls, config, inits, device, use_scaler):
+        prompts = torch.nn.Parameter(inits.clone().to(device))
+        R = inits.shape[0]
+        return cls(prompts, inits, torch.optim.AdamW([prompts], lr=config.lr, weight_decay=config.weight_decay),
+                   torch.amp.GradScaler(device.type, enabled=use_scaler), best_loss=[math.inf] * R,
+                   best_step=[0] * R, best_prompts=prompts.detach().clone(), history=[[] for _ in range(R)])
 
-    def record(self, **extra):
-        """What the run's JSON record keeps of the state."""
-        return {"best_step": self.best_step, "best_validation_loss": self.best_loss, "steps": self.step,
-                "history": self.history, **extra}
+    def running(self):
+        return [r for r in range(self.prompts.shape[0]) if r not in self.stopped]
 
-    def save(self, path, config, rng_cpu):
+    def record(self, r, **extra):
+        """What run r's JSON record keeps of the state."""
+        if self.step == 0 and not self.history[r]:  # zero-shot: the init is the result
+            return {"steps": 0, "history": [], **extra}
+        steps = self.stopped[r]["steps"] if r in self.stopped else self.step
+        best = self.best_loss[r] if math.isfinite(self.best_loss[r]) else None  # None: never validated (JSON)
+        return {"best_step": self.best_step[r], "best_validation_loss": best, "steps": steps,
+                "history": self.history[r], **extra}
+
+    def moments(self):
+        """AdamW's (R, n, d) running averages (absent before the first step)."""
+        return [self.optimizer.state[self.prompts][k] for k in ("exp_avg", "exp_avg_sq")
+                if k in self.optimizer.state.get(self.prompts, {})]
+
+    def step_optimizer(self):
+        """One AdamW step of the running runs: a stopped run's prompt and moments stay as they were (no momentum
+        or weight decay drift), and its gradient (maybe non-finite) never reaches the moments."""
+        stopped = list(self.stopped)
+        if stopped:
+            self.prompts.grad[stopped] = 0
+            kept = [t[stopped].clone() for t in [self.prompts.data, *self.moments()]]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if stopped:
+            for t, old in zip([self.prompts.data, *self.moments()], kept):
+                t[stopped] = old
+
+    def save(self, path, config, runs, pack, rng_cpu):
         """Everything needed to continue; rng_cpu is the generator state at the start of the next step."""
-        tensors = {"prompt": self.prompt, "init": self.init, "best_prompt": self.best_prompt, "rng_cpu": rng_cpu,
+        tensors = {"prompt": self.prompts, "init": self.inits, "best_prompt": self.best_prompts, "rng_cpu": rng_cpu,
                    **{f"adam{k}": v for k, v in self.optimizer.state_dict()["state"].get(0, {}).items()}}
-        if self.prompt.device.type == "cuda":
-            tensors["rng_cuda"] = torch.cuda.get_rng_state(self.prompt.device)
+        if self.prompts.device.type == "cuda":
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(self.prompts.device)
         bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
             raise TrainingError(f"refusing to checkpoint non-finite {', '.join(bad)}")
-        state = {"args": comparable(config), "step": self.step, "epoch": self.epoch, "next_batch": self.next_batch,
-                 "best_loss": self.best_loss, "best_step": self.best_step, "history": self.history,
+        state = {"args": comparable(config), "runs": runs, "pack": pack, "step": self.step, "epoch": self.epoch,
+                 "next_batch": self.next_batch, "best_loss": self.best_loss, "best_step": self.best_step,
+                 "history": self.history, "stopped": self.stopped,
                  "param_groups": self.optimizer.state_dict()["param_groups"],
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
         tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
         files.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(state)}))
 
-    def restore(self, path, config):
+    def restore(self, path, config, runs, pack):
         tensors, state = load_checkpoint(path)
-        now, then = comparable(config), state["args"] | {"model": os.path.normpath(state["args"].get("model", ""))}
+        now, then = comparable(config) | {"runs": runs, "pack": pack}, state["args"] | {
+            "model": os.path.normpath(state["args"].get("model", "")), "runs": state.get("runs", runs),
+            "pack": state.get("pack", pack)}
         changed = [k for k in now if k in then and then[k] != now[k]]
         if changed:
             k = changed[0]
             raise TrainingError(f"--resume with different arguments: {k} was {then[k]!r}, now {now[k]!r}; "
                                 f"rerun with the original arguments, or drop --resume and pass --force to start "
                                 f"over")
-        device = self.prompt.device
+        if tensors["prompt"].dim() == 2:  # a checkpoint of one run, as tpv wrote them before packs
+            tensors = {k: v[None] if v.dim() == 2 else v for k, v in tensors.items()}
+            state |= {k: [state[k]] for k in ("best_loss", "best_step", "history")}
+        if not torch.equal(tensors["init"], self.inits.cpu()):  # e.g. a source prompt of --init a+b retrained since
+            raise TrainingError(f"--resume: the initial prompts differ from the checkpoint's ({path}); rerun with the "
+                                f"original --init and prompts, or drop --resume and pass --force to start over")
+        device = self.prompts.device
         with torch.no_grad():
-            self.prompt.copy_(tensors["prompt"])
-        self.best_prompt = tensors["best_prompt"].to(device)
+            self.prompts.copy_(tensors["prompt"])
+        self.best_prompts = tensors["best_prompt"].to(device)
         self.optimizer.load_state_dict({"state": {0: {k[4:]: v for k, v in tensors.items() if k.startswith("adam")}},
                                         "param_groups": state["param_groups"]})
         if self.scaler.is_enabled():
@@ -207,6 +325,7 @@ class TrainState:
             torch.cuda.set_rng_state(tensors["rng_cuda"], device)
         for key in ("step", "epoch", "next_batch", "best_loss", "best_step", "history"):
             setattr(self, key, state[key])
+        self.stopped = {int(r): why for r, why in state.get("stopped", {}).items()}
 
 
 def comparable(config):
@@ -231,21 +350,27 @@ def load_checkpoint(path):
 # -----------------------------------------------------------------------------
 # the loop
 
-def train(config, model, tokenizer, tasks, init, checkpoint, resume=False, log=print):
-    """Tunes a prompt from `init` on `tasks` (several: the multi-task SPoT baseline), checkpointing to
-    `checkpoint` at every validation. Returns (run record, best prompt); the caller writes the files."""
-    if config.shots == 0:  # zero-shot: the initial prompt is the result
-        return {"steps": 0, "history": []}, init
+def train(config, model, tokenizer, tasks, inits, checkpoint, runs, resume=False, log=print, pack=None):
+    """Tunes R prompts from inits (R, n, d) on `tasks` (several: the multi-task SPoT baseline), one run per
+    prompt, all in one pass over the frozen model: the same batches, schedule and seeds as each run alone, its own
+    loss, gradient, clipping, AdamW moments, validation and best prompt. `runs` names them (checked on resume);
+    `config` is the recipe they share; `pack` the --pack that cut them (dropout masks depend on the pack, so a
+    resume compares it). Checkpoints the pack to `checkpoint` at every validation.
+    Returns the state: state.record(r), state.best_prompts[r], state.stopped; the caller writes the files."""
     rank, world, _ = distributed()
     device = next(model.parameters()).device
     precision = resolve_precision(config.precision, device)
     autocast, use_scaler = autocast_for(precision, device)
-
-    # --- state: the prompt is the only trained tensor; one AdamW over it
-    state = TrainState.new(config, init, device, use_scaler)
-    prompt = state.prompt
+    # --- state: the prompts are the only trained tensor; one AdamW over them
+    state = TrainState.new(config, inits, device, use_scaler)
+    if config.shots == 0:  # zero-shot: the initial prompts are the result
+        return state
+    if use_scaler and inits.shape[0] > 1:  # the scaler skips a step for all runs when one overflows
+        raise TrainingError("--precision fp16 trains one run at a time (its loss scaler would skip every run's "
+                            "step when one overflows); use bf16, or --pack 1")
+    prompts = state.prompts
     if resume and os.path.exists(checkpoint):
-        state.restore(checkpoint, config)
+        state.restore(checkpoint, config, runs, pack)
         log(f"resumed {checkpoint} at step {state.step}")
     else:
         torch.manual_seed(config.seed + rank)  # dropout masks; the data order has its own seeded generator
@@ -255,62 +380,72 @@ def train(config, model, tokenizer, tasks, init, checkpoint, resume=False, log=p
     lengths, target_lengths = data.lengths(train_tokens), np.diff(train_tokens["target_offsets"])
     total = config.max_steps or config.epochs * math.ceil(len(lengths) / config.batch_size)
 
+    R = inits.shape[0]
     log(f"training {'+'.join(t.name for t in tasks)}: {len(lengths):,} examples, {total:,} steps "
-        f"(batch {config.batch_size}{f' over {world} ranks' if world > 1 else ''}), {precision}, {device}")
+        f"(batch {config.batch_size}{f' over {world} ranks' if world > 1 else ''}"
+        f"{f', {R} runs packed' if R > 1 else ''}), {precision}, {device}")
+    if precision == "bf16" and bf16_is_emulated(device):
+        log("warning: this CPU has no native bf16 (AVX512-BF16 or AMX): PyTorch emulates it, about 100x slower "
+            "than fp32; use --precision fp32")
     model.train()  # dropout on, as in the paper's runs (the weights stay frozen)
     started, start_step, tokens_seen, window = time.time(), state.step, 0, []
     rng_at_step = torch.get_rng_state()  # a checkpoint taken from here on continues exactly
     try:
-        if state.step and due(state.step, config.eval_every, total) and (
-                not state.history or state.history[-1]["step"] != state.step):
+        validated = any(state.history[r] and state.history[r][-1]["step"] == state.step for r in state.running())
+        if state.step and due(state.step, config.eval_every, total) and state.running() and not validated:
             validate(state, model, validation_sets, autocast, device, config, total, log)  # interrupted before it
-            save_on_rank_0(state, checkpoint, config, rng_at_step, rank)
-        while state.step < total:
+            save_on_rank_0(state, checkpoint, config, (runs, pack), rng_at_step, rank)
+        while state.step < total and state.running():
             batches = data.epoch_batches(lengths, config.batch_size, config.seed, state.epoch)
-            while state.next_batch < len(batches) and state.step < total:
-                # --- one step: this rank's share of the global batch, the loss per target token of the batch
+            while state.next_batch < len(batches) and state.step < total and state.running():
+                # --- one step: this rank's share of the global batch, each running run's loss per target token
                 idx = batches[state.next_batch]
                 mine = idx[rank::world]
                 n_targets = int(target_lengths[idx].sum())
                 lr = lr_at(state.step, config.lr, config.warmup, total)
-                state.optimizer.param_groups[0]["lr"] = lr  # the prompt is the one parameter group
-                loss = torch.zeros((), device=device)  # a rank without examples in this batch adds nothing
+                state.optimizer.param_groups[0]["lr"] = lr  # the prompts are the one parameter group
+                running = state.running()
+                losses = torch.zeros(len(running), device=device)  # a rank without examples adds nothing
                 if len(mine):
                     batch = {k: v.to(device) for k, v in data.collate(train_tokens, mine).items()}
-                    with autocast():  # the frozen model; T5.encode prepends the prompt to every input's embeddings
-                        logits = model(batch["input_ids"], model_t5.shift_right(batch["labels"]),
-                                       batch["attention_mask"], prompt=prompt)  # (B, T, V)
-                    # this rank's summed loss / the global batch's target tokens: the ranks' gradients add up to
-                    # exactly the gradient of the global batch's mean loss
-                    loss = summed_loss(logits, batch["labels"]) / n_targets
-                    state.scaler.scale(loss).backward()
-                sum_over_ranks(prompt, loss, world)
+                    trained = prompts if len(running) == R else prompts[running]  # (A, n, d): A running
+                    with autocast():  # the frozen model; T5.encode prepends row r's prompt to row r's embeddings
+                        # this rank's summed losses / the global batch's target tokens: the ranks' gradients add
+                        # up to exactly the gradient of the global batch's mean loss
+                        losses = packed_loss(model, trained, batch) / n_targets  # (A,)
+                    state.scaler.scale(losses.sum()).backward()  # run r's loss reaches prompts[r] only
+                sum_over_ranks(prompts, losses, world)
                 state.scaler.unscale_(state.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_([prompt], config.clip_norm)
-                check_finite(loss, grad_norm, use_scaler, state, checkpoint)
-                state.scaler.step(state.optimizer)
-                state.scaler.update()
+                grad_norms = clip_per_run(prompts.grad, config.clip_norm)[running]  # (A,)
+                stop_non_finite(state, running, losses, grad_norms, use_scaler, log)
+                if not state.running():  # every run stopped: nothing left to update, validate or save
+                    break
+                state.step_optimizer()
                 state.optimizer.zero_grad(set_to_none=True)
                 state.step, state.next_batch = state.step + 1, state.next_batch + 1
                 rng_at_step = torch.get_rng_state()
-                tokens_seen += int(lengths[idx].sum()) + len(idx) * init.shape[0] + n_targets
-                window.append(loss.item())
+                tokens_seen += len(running) * (int(lengths[idx].sum()) + len(idx) * inits.shape[1] + n_targets)
+                window += losses[torch.isfinite(losses)].tolist()
 
                 # --- progress and validation
                 if state.step % config.log_every == 0 or state.step == total:
-                    log(progress_line(state.step, total, start_step, started, window, lr, grad_norm, tokens_seen))
+                    log(progress_line(state.step, total, start_step, started, window, lr, grad_norms, tokens_seen))
                     window = []
                 if due(state.step, config.eval_every, total):
                     validate(state, model, validation_sets, autocast, device, config, total, log)
-                    save_on_rank_0(state, checkpoint, config, rng_at_step, rank)
+                    save_on_rank_0(state, checkpoint, config, (runs, pack), rng_at_step, rank)
             if state.next_batch >= len(batches):
                 state.epoch, state.next_batch = state.epoch + 1, 0
     except KeyboardInterrupt:
         model.train()
-        save_on_rank_0(state, checkpoint, config, rng_at_step, rank)  # the interrupted step is redone on --resume
+        save_on_rank_0(state, checkpoint, config, (runs, pack), rng_at_step, rank)  # the step is redone on --resume
         raise TrainingError(f"interrupted at step {state.step}; saved {checkpoint}: continue with the same command "
                             f"and --resume") from None
-    return state.record(seconds=time.time() - started), state.best_prompt
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(f"out of GPU memory with {R} runs in a step (batch {config.batch_size}); "
+                            f"{f'try --pack {max(1, R // 2)}' if R > 1 else 'try a smaller --batch-size'}") from None
+    state.seconds = time.time() - started
+    return state
 
 
 # -----------------------------------------------------------------------------
@@ -332,46 +467,60 @@ def due(step, every, total):
 
 
 def validate(state, model, validation_sets, autocast, device, config, total, log):
-    """Validation loss of every task; their mean (the official eval_average_loss) selects the best prompt."""
+    """Validation loss of every task for every running run; their mean over tasks (the official
+    eval_average_loss) selects each run's best prompt."""
     lr = lr_at(state.step - 1, config.lr, config.warmup, total)  # the learning rate of the step just taken
-    losses = {name: validation_loss(model, tokens, state.prompt, autocast, device)
-              for name, tokens in validation_sets.items()}
-    mean = float(np.mean(list(losses.values())))
-    if mean < state.best_loss:
-        state.best_loss, state.best_step, state.best_prompt = mean, state.step, state.prompt.detach().clone()
-    per_task = {f"validation_loss_{k}": v for k, v in losses.items()} if len(losses) > 1 else {}
-    state.history.append({"step": state.step, "validation_loss": mean, "lr": lr, **per_task})
-    log(f"  validation loss {mean:.4f} (best {state.best_loss:.4f} at step {state.best_step})")
+    running = state.running()
+    pack = state.prompts.detach()[running]  # (A, n, d)
+    losses = {name: validation_losses(model, tokens, pack, autocast, device)
+              for name, tokens in validation_sets.items()}  # task -> (A,)
+    for i, r in enumerate(running):
+        mean = float(np.mean([per_run[i] for per_run in losses.values()]))
+        if mean < state.best_loss[r]:
+            state.best_loss[r], state.best_step[r] = mean, state.step
+            state.best_prompts[r] = pack[i]
+        per_task = {f"validation_loss_{k}": v[i] for k, v in losses.items()} if len(losses) > 1 else {}
+        state.history[r].append({"step": state.step, "validation_loss": mean, "lr": lr, **per_task})
+    means = [state.history[r][-1]["validation_loss"] for r in running]
+    if len(state.inits) == 1:
+        log(f"  validation loss {means[0]:.4f} (best {state.best_loss[0]:.4f} at step {state.best_step[0]})")
+    else:
+        log(f"  validation loss of {len(running)} runs: mean {np.mean(means):.4f}, min {min(means):.4f}, "
+            f"max {max(means):.4f}")
 
 
-def sum_over_ranks(prompt, loss, world):
+def sum_over_ranks(prompts, losses, world):
     """Data parallel: every rank adds the others' gradients (a rank without examples this step adds zeros)."""
     if world > 1:
-        if prompt.grad is None:
-            prompt.grad = torch.zeros_like(prompt)
-        dist.all_reduce(prompt.grad)
-        dist.all_reduce(loss.detach())  # in place: the detached view shares the loss's storage
+        if prompts.grad is None:
+            prompts.grad = torch.zeros_like(prompts)
+        dist.all_reduce(prompts.grad)
+        dist.all_reduce(losses.detach())  # in place: the detached view shares the losses' storage
 
 
-def save_on_rank_0(state, checkpoint, config, rng, rank):
+def save_on_rank_0(state, checkpoint, config, pack, rng, rank):
     if rank == 0:  # one writer; every rank holds the same state
-        state.save(checkpoint, config, rng)
+        state.save(checkpoint, config, *pack, rng)
 
 
-def check_finite(loss, grad_norm, use_scaler, state, checkpoint):
-    """A non-finite loss or gradient stops the run before the update: nothing non-finite is ever saved.
-    (With fp16's gradient scaler an infinite gradient is expected now and then: the scaler skips that step.)"""
-    if torch.isfinite(loss) and (use_scaler or torch.isfinite(grad_norm)):
-        return
-    what = "loss" if not torch.isfinite(loss) else "gradient"
-    last = f"step {state.history[-1]['step']}: {checkpoint}" if state.history else "none"
-    raise TrainingError(f"non-finite {what} at step {state.step + 1} (epoch {state.epoch}, batch {state.next_batch}); "
-                        f"stopped, nothing non-finite was saved; last good checkpoint {last}; try a lower --lr or "
-                        f"--precision fp32")
+def stop_non_finite(state, running, losses, grad_norms, use_scaler, log):
+    """A run whose loss or gradient is non-finite stops before its update, alone: its last good state stays and
+    nothing non-finite reaches it (state.step_optimizer). (With fp16's gradient scaler an infinite gradient is
+    expected now and then: the scaler skips that step.)"""
+    bad_loss, bad_grad = (~torch.isfinite(losses)).tolist(), (~torch.isfinite(grad_norms)).tolist()
+    for i, r in enumerate(running):
+        if bad_loss[i] or (bad_grad[i] and not use_scaler):
+            what = "loss" if bad_loss[i] else "gradient"
+            last = f"the prompt of step {state.best_step[r]}" if state.history[r] else "none"
+            reason = (f"non-finite {what} at step {state.step + 1} (epoch {state.epoch}, batch {state.next_batch}); "
+                      f"its best prompt so far: {last}; try a lower --lr or --precision fp32")
+            state.stopped[r] = {"reason": reason, "steps": state.step}
+            log(f"  run {r} stopped: {reason}")
 
 
-def progress_line(step, total, start_step, started, window, lr, grad_norm, tokens_seen):
+def progress_line(step, total, start_step, started, window, lr, grad_norms, tokens_seen):
     elapsed = time.time() - started
     eta = elapsed / (step - start_step) * (total - step)
-    return (f"step {step:>6}/{total} | loss {sum(window) / len(window):.4f} | lr {lr:.2e} | grad norm "
-            f"{grad_norm.item():.4f} | {tokens_seen / elapsed:,.0f} tok/s | ETA {eta / 60:.0f}m{eta % 60:02.0f}s")
+    loss = sum(window) / len(window) if window else math.nan
+    return (f"step {step:>6}/{total} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
+            f"{grad_norms.mean().item():.4f} | {tokens_seen / elapsed:,.0f} tok/s | ETA {eta / 60:.0f}m{eta % 60:02.0f}s")
