@@ -1,5 +1,6 @@
 """
-Benchmarks, side by side in one run on the same random weights: our T5 against Hugging Face transformers.
+Benchmarks, side by side in one run on the same random weights: our T5 against Hugging Face transformers; and
+packed training (R runs in one step) against the same runs one after another, and what the paper's grid costs.
 
     python bench.py all                    # the speed comparison in one run (step x2 shapes, eval, epoch, memory)
     python bench.py step                   # prompt-tuning step: t5-small shape, batch 8, 256 source, 50 prompt
@@ -8,13 +9,17 @@ Benchmarks, side by side in one run on the same random weights: our T5 against H
     python bench.py data                   # prepare and tokenisation speed, padding of our batches vs 256
     python bench.py eval                   # evaluation examples/s: greedy generation and rank scoring
     python bench.py epoch                  # one epoch over the MNLI and SST-2 samples vs padding to 256
-    python bench.py memory                 # peak resident memory of each variant's training step
+    python bench.py memory                 # peak memory of each variant's training step
+    python bench.py pack                   # 10 runs packed vs one after another, run-steps/s (few-shot batches)
+    python bench.py estimate --model t5-base   # device-hours of run.sh's grid here (./run.sh --estimate)
 
 `step` measures forward, loss, backward to the prompt and the AdamW update in training mode (dropout 0.1, as the
-recipe trains), and reports medians over repeats.
-Needs `transformers` (pip install -r requirements-test.txt); it is not a run-time dependency.
+recipe trains), and reports medians over repeats. Every command that runs a model takes --device (auto: CUDA
+when there is a GPU). step, parity, eval, epoch and memory need `transformers` (pip install -r
+requirements-test.txt), which is not a run-time dependency; pack and estimate run our T5 alone.
 """
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -22,13 +27,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import cli
 import data
 import evaluation
+import experiments
+import hub
 import model_t5
 import train
 
@@ -41,11 +51,19 @@ SHAPES = {  # the published configs' shapes (weights are random)
                           tie_word_embeddings=False),  # 6 heads x 64 = 384 != d_model
     "asymmetric": dict(d_model=512, d_ff=2048, num_layers=4, num_decoder_layers=2, num_heads=8, d_kv=64,
                        feed_forward_proj="relu"),
+    "t5-large": dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16, d_kv=64, feed_forward_proj="relu"),
     "tiny": dict(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, feed_forward_proj="relu"),  # for tests
 }
 
 
-def make_models(shape, dtype):
+def pick_device(name):
+    """--device: auto is CUDA when PyTorch sees a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_models(shape, dtype, device=torch.device("cpu")):
     from transformers import T5Config, T5ForConditionalGeneration
     torch.manual_seed(0)
     hf = T5ForConditionalGeneration(T5Config(vocab_size=32128, decoder_start_token_id=0, **SHAPES[shape]))
@@ -55,13 +73,19 @@ def make_models(shape, dtype):
                 p.uniform_(0.5, 1.5)
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
-        ours = model_t5.load_t5(folder, dtype=dtype)
-        hf = T5ForConditionalGeneration.from_pretrained(folder).to(dtype).eval()  # .to: 4.44 (the paper's) too
+        ours = model_t5.load_t5(folder, device=device, dtype=dtype)
+        hf = T5ForConditionalGeneration.from_pretrained(folder).to(device, dtype).eval()  # .to: 4.44 (the paper's) too
     return ours, hf.requires_grad_(False)
 
 
 def forward_flops(cfg, batch, src, tgt):
-    """Matrix-multiply FLOPs of one forward pass (2 per multiply-add); src counts prompt + source tokens."""
+    """Matrix-multiply FLOPs of one forward pass (2 per multiply-add); src counts prompt + source tokens.
+    Per layer and token: the attention projections, 4 x d_model x inner (inner = heads x d_kv; in the decoder 6 per
+    target token, self-attention's 4 and cross-attention's query and output, and cross-attention's keys and values
+    2 per source token); the feed-forward, 2 x d_model x d_ff (3 x when gated); the attention scores and weighted
+    sum, 2 x keys x inner. Then the logits, d_model x vocab per target token. A training step is about twice this:
+    its backward pass computes the activations' gradients only (one product per forward product), none of the
+    frozen weights'."""
     inner, ff = cfg.num_heads * cfg.d_kv, (3 if cfg.is_gated_act else 2) * cfg.d_model * cfg.d_ff
     enc = cfg.num_layers * src * (4 * cfg.d_model * inner + ff + 2 * src * inner)
     dec = cfg.num_decoder_layers * (tgt * (6 * cfg.d_model * inner + ff + 2 * tgt * inner + 2 * src * inner)
@@ -69,17 +93,21 @@ def forward_flops(cfg, batch, src, tgt):
     return 2 * batch * (enc + dec + tgt * cfg.d_model * cfg.vocab_size)
 
 
-def matmul_rate(dtype, n=2048, repeats=5):
-    """FLOP/s of this machine's (n x n) @ (n x n), the best of a few tries."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+MATMUL_N = {"cuda": 8192, "cpu": 2048}  # matmul_rate's n: large enough to reach the device's peak
+
+
+def matmul_rate(dtype, device=torch.device("cpu"), repeats=5):
+    """FLOP/s of the device's (n x n) @ (n x n) in dtype, n = MATMUL_N, the best of a few tries."""
+    n = MATMUL_N[device.type]
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
-    return 2 * n ** 3 / min(timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / min(timed(lambda: a @ b, device) for _ in range(repeats))
 
 
 def training_steps(ours, hf, ids, labels, init, autocast, dropout):
     """{name: one prompt-tuning step (forward, loss, backward, AdamW update)} on the same batch and weights,
     in training mode with the given dropout rate (the recipe trains with T5's 0.1)."""
-    ctx = lambda: torch.autocast("cpu", torch.bfloat16, enabled=autocast)
+    ctx = lambda: torch.autocast(ids.device.type, torch.bfloat16, enabled=autocast)
     model_t5.set_dropout(ours.train(), dropout)
     hf.train()
     for module in hf.modules():
@@ -147,17 +175,19 @@ def decoder_lengths(ours, hf, steps):
 
 def parity(args):
     """Max abs / relative logit difference of ours vs transformers, same weights, fp32 and bf16 weights."""
+    device = pick_device(args.device)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
     mask = torch.ones_like(ids)
     mask[0, args.src // 2:] = 0
     dec = model_t5.shift_right(torch.randint(3, 32000, (args.batch, args.tgt), generator=g))
+    ids, mask, dec = ids.to(device), mask.to(device), dec.to(device)
     print(f"logits of ours vs {versions()}, random weights, batch {args.batch}, "
-          f"{args.src} source (one row half padding), {args.tgt} decoder tokens")
+          f"{args.src} source (one row half padding), {args.tgt} decoder tokens, {device}")
     print(f"{'family':16}{'dtype':>7}{'max |diff|':>12}{'max |logit|':>13}{'relative':>11}{'argmax same':>13}")
     for shape in ("t5-small", "t5-v1_1-like", "flan-t5-small", "asymmetric"):
         for dtype in (torch.float32, torch.bfloat16):
-            ours, hf = make_models(shape, dtype)
+            ours, hf = make_models(shape, dtype, device)
             with torch.no_grad():
                 got = ours(ids, dec, mask).float()
                 want = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits.float()
@@ -191,11 +221,12 @@ def data_speed(args):
 def eval_speed(args):
     """Examples/s of our evaluation (encoder once, then greedy decoding with the cache, or one packed pass
     over the label words) on random weights of a shape, with SST-2's label words (2 tokens + EOS each)."""
-    ours, hf = make_models(args.shape, torch.float32)
+    device = pick_device(args.device)
+    ours, hf = make_models(args.shape, torch.float32, device)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
+    ids = torch.randint(3, 32000, (args.batch, args.src), generator=g).to(device)
     mask = torch.ones_like(ids)
-    prompt = torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5
+    prompt = (torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5).to(device)
     labels = [[2841, 1], [1465, 1]]  # "negative", "positive" in T5's vocabulary
     methods = {"greedy (7 new tokens)": lambda: model_t5.generate_greedy(ours, ids, mask, prompt, 7),
                "rank (2 label words)": lambda: model_t5.score_candidates(ours, ids, mask, prompt, labels)}
@@ -209,14 +240,14 @@ def eval_speed(args):
     except ImportError:
         pass
     print(f"evaluation, {args.shape} shape, batch {args.batch}, {args.src} source + {args.prompt} prompt tokens, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"{device_words(device)}, median of {args.repeats}")
     print(f"{'':28}{'s/batch':>9}{'examples/s':>12}")
     for precision in ("fp32", "bf16"):
-        autocast, _ = train.autocast_for(precision, torch.device("cpu"))
+        autocast, _ = train.autocast_for(precision, device)
         for name, fn in methods.items():
             with torch.no_grad(), autocast():
                 fn()
-                times = [timed(fn) for _ in range(args.repeats)]
+                times = [timed(fn, device) for _ in range(args.repeats)]
             median = statistics.median(times)
             print(f"{name + ', ' + precision:28}{median:9.3f}{args.batch / median:12.1f}")
 
@@ -225,7 +256,8 @@ def epoch_speed(args):
     """One training epoch (forward, backward, AdamW per batch, dropout 0.1) over a real dataset sample: our
     length-bucketed, dynamically padded batches; ours padded to 256 as the official recipe pads; and
     transformers + PEFT padded to 256 (the official stack); then one evaluation pass of ours vs PEFT."""
-    ours, hf = make_models(args.shape, torch.float32)
+    device = pick_device(args.device)
+    ours, hf = make_models(args.shape, torch.float32, device)
     tokenizer = model_t5.load_tokenizer(args.tokenizer)
     peft_model = None
     try:
@@ -235,7 +267,7 @@ def epoch_speed(args):
         pass
     print(f"one epoch of prompt tuning (dropout 0.1), then one evaluation pass (greedy, {args.new_tokens} new "
           f"tokens, batch 64), over each sample's training rows; {args.shape} shape, batch {args.batch}, 50 prompt "
-          f"vectors, fp32, {torch.get_num_threads()} threads, median of {args.repeats}; {versions()}")
+          f"vectors, fp32, {device_words(device)}, median of {args.repeats}; {versions()}")
     print(f"{'sample':8}{'rows':>5}{'train: ours s':>15}{'ours pad-256':>14}{'ratio':>7}{'PEFT pad-256':>14}"
           f"{'ratio':>7}{'eval: ours ex/s':>17}{'PEFT pad-256':>14}{'ratio':>7}")
     for name in args.tasks.split(","):
@@ -245,6 +277,7 @@ def epoch_speed(args):
         lengths = data.lengths(tokens)
         bucketed = data.epoch_batches(lengths, args.batch, seed=42, epoch=0)
         shuffled = np.array_split(np.random.default_rng(42).permutation(len(lengths)), len(bucketed))
+        collate = lambda idx: {k: v.to(device) for k, v in data.collate(tokens, idx).items()}
 
         def padded(batch):  # the official preprocessor: padding="max_length", max_length=256
             return (F.pad(batch["input_ids"], (0, data.MAX_SOURCE - batch["input_ids"].shape[1])),
@@ -253,13 +286,13 @@ def epoch_speed(args):
         def run_epoch(batches, pad, loss_of, params):
             optimizer = torch.optim.AdamW(params, lr=0.3, weight_decay=1e-5)
             for idx in batches:
-                batch = data.collate(tokens, idx)
+                batch = collate(idx)
                 ids, mask = padded(batch) if pad else (batch["input_ids"], batch["attention_mask"])
                 loss_of(ids, mask, batch["labels"]).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
-        prompt = torch.nn.Parameter(torch.randn(50, ours.config.d_model) * 0.5)
+        prompt = torch.nn.Parameter(torch.randn(50, ours.config.d_model, device=device) * 0.5)
         ours_loss = lambda ids, mask, labels: F.cross_entropy(
             ours(ids, model_t5.shift_right(labels), mask, prompt=prompt).flatten(0, 1), labels.flatten(),
             ignore_index=-100)
@@ -274,32 +307,35 @@ def epoch_speed(args):
         times = {variant: [] for variant in epochs}
         for _ in range(args.repeats):  # interleaved rounds, as in `step`: single epochs varied by a third here
             for variant, fn in epochs.items():
-                times[variant].append(timed(fn))
+                times[variant].append(timed(fn, device))
         ours_s, fixed_s = statistics.median(times["ours"]), statistics.median(times["ours pad-256"])
         line = f"{name:8}{len(lengths):5,}{ours_s:15.1f}{fixed_s:14.1f}{fixed_s / ours_s:6.1f}x"
         if peft_model is not None:
             peft_s = statistics.median(times["PEFT pad-256"])
             line += f"{peft_s:14.1f}{peft_s / ours_s:6.1f}x"
         # evaluation: ours sorts by length and pads each batch to its longest; the official run padded to 256
-        ours_eval = timed(lambda: evaluation.predict(ours, task, tokens, tokenizer, prompt.detach(), "generate",
-                                                max_new_tokens=args.new_tokens, label=name))
+        ours_eval = timed(lambda: evaluation.predict(ours, task, tokens, tokenizer, prompt.detach()[None], "generate",
+                                                device=device, max_new_tokens=args.new_tokens, label=name), device)
         line += f"{len(lengths) / ours_eval:17.1f}"
         if peft_model is not None:
             def peft_eval():
                 peft_model.eval()
                 for start in range(0, len(lengths), 64):
-                    ids, mask = padded(data.collate(tokens, np.arange(start, min(start + 64, len(lengths)))))
+                    ids, mask = padded(collate(np.arange(start, min(start + 64, len(lengths)))))
                     with torch.no_grad():
                         peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new_tokens,
                                             min_new_tokens=args.new_tokens, do_sample=False, num_beams=1)
-            peft_eval_s = timed(peft_eval)
+            peft_eval_s = timed(peft_eval, device)
             line += f"{len(lengths) / peft_eval_s:14.1f}{peft_eval_s / ours_eval:6.1f}x"
         print(line, flush=True)
 
 
-def peak_rss_mb():
-    """This process's peak resident memory. VmHWM, because ru_maxrss survives exec on Linux: a child started
-    by a big parent would report the parent's peak."""
+def peak_memory_mb(device):
+    """This process's peak memory: on a GPU what torch allocated there; on the CPU its peak resident memory,
+    VmHWM, because ru_maxrss survives exec on Linux: a child started by a big parent would report the parent's
+    peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
     try:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
@@ -308,43 +344,63 @@ def peak_rss_mb():
 
 
 def memory(args):
-    """Peak resident memory of each variant's training steps, each in a process of its own (same weights)."""
-    print(f"peak resident memory, 2 training steps (dropout 0.1), {args.shape} shape, batch {args.batch}, "
-          f"{args.src} source + 50 prompt + 3 target tokens, fp32")
+    """Peak memory of each variant's training steps, each in a process of its own (same weights)."""
+    device = pick_device(args.device)
+    what = "GPU memory allocated by torch" if device.type == "cuda" else "resident memory"
+    print(f"peak {what}, 2 training steps (dropout 0.1), {args.shape} shape, batch {args.batch}, "
+          f"{args.src} source + 50 prompt + 3 target tokens, fp32, {device}")
     for name in ("ours", "transformers", "transformers + PEFT"):
         out = subprocess.run([sys.executable, __file__, "step", "--shape", args.shape, "--batch", str(args.batch),
-                              "--src", str(args.src), "--only", name], capture_output=True, text=True, check=True)
-        print(f"{name:22}{out.stdout.split('peak_rss_mb')[-1].strip():>8} MB")
+                              "--src", str(args.src), "--device", str(device), "--only", name], capture_output=True,
+                             text=True, check=True)
+        print(f"{name:22}{out.stdout.split('peak_mb')[-1].strip():>8} MB")
 
 
-def timed(fn):
+def timed(fn, device=torch.device("cpu")):
+    """Seconds of one call of fn; on a GPU, of the work it queued too (synchronised before and after)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t0
 
 
+def device_words(device):
+    """The device in words, for a table's heading: the GPU's name, or the CPU's model and torch's threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"{model} CPU, {torch.get_num_threads()} threads"
+
+
 def step(args):
+    device = pick_device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    ours, hf = make_models(args.shape, dtype)
+    ours, hf = make_models(args.shape, dtype, device)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 32000, (args.batch, args.src), generator=g)
-    labels = torch.randint(3, 32000, (args.batch, args.tgt), generator=g)
-    init = torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5
+    ids = torch.randint(3, 32000, (args.batch, args.src), generator=g).to(device)
+    labels = torch.randint(3, 32000, (args.batch, args.tgt), generator=g).to(device)
+    init = (torch.randn(args.prompt, SHAPES[args.shape]["d_model"], generator=g) * 0.5).to(device)
     tokens = args.batch * (args.src + args.prompt + args.tgt)
     steps = training_steps(ours, hf, ids, labels, init, args.precision == "bf16-autocast", args.dropout)
     if args.only:  # one variant alone, for its peak memory (see `bench.py memory`)
         for _ in range(2):
             steps[args.only]()
-        print(f"peak_rss_mb {peak_rss_mb():.0f}")
+        print(f"peak_mb {peak_memory_mb(device):.0f}")
         return
     decoder = decoder_lengths(ours, hf, steps)  # also the warm-up round
     times = {name: [] for name in steps}
     for _ in range(args.repeats):  # rounds interleave, so a slow spell of the machine hits every variant
         for name, fn in steps.items():
-            times[name].append(timed(fn))
+            times[name].append(timed(fn, device))
     print(f"prompt-tuning step (forward, backward, AdamW), {args.shape} shape, batch {args.batch}, {args.src} source "
           f"+ {args.prompt} prompt + {args.tgt} target tokens, {args.precision}, dropout {args.dropout}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}; {versions()}")
+          f"{device_words(device)}, median of {args.repeats}; {versions()}")
     print(f"{'':22}{'decoder':>8}{'s/step':>9}{'tokens/s':>10}{'ours is':>10}")
     ours_time = statistics.median(times["ours"])
     for name, ts in times.items():
@@ -352,10 +408,10 @@ def step(args):
         print(f"{name:22}{decoder[name]:8}{median:9.3f}{tokens / median:10,.0f}{median / ours_time:9.2f}x")
     # the backward pass needs input gradients only (the weights are frozen): about one more forward
     flops = 2 * forward_flops(ours.config, args.batch, args.src + args.prompt, args.tgt)
-    peak = matmul_rate(torch.bfloat16 if args.precision != "fp32" else torch.float32)
+    peak = matmul_rate(torch.bfloat16 if args.precision != "fp32" else torch.float32, device)
     print(f"ours: {flops / 1e9:,.0f} GFLOP per step, {flops / ours_time / 1e9:,.1f} GFLOP/s = "
           f"{flops / ours_time / peak:.0%} of this machine's {'bf16' if args.precision != 'fp32' else 'fp32'} "
-          f"matmul rate ({peak / 1e9:,.0f} GFLOP/s, 2048^3)")
+          f"matmul rate ({peak / 1e9:,.0f} GFLOP/s, {MATMUL_N[device.type]}^3)")
 
 
 def versions():
@@ -374,50 +430,472 @@ def everything(args, parser):
              for precision in ([], ["--precision", "bf16-autocast"])]
     for argv in (*steps, ["eval", "--shape", args.shape], ["epoch", "--shape", args.shape],
                  ["memory", "--shape", args.shape]):
+        argv += ["--device", args.device]
         print(f"\n$ python bench.py {' '.join(argv)}", flush=True)
         chosen = parser.parse_args(argv)
         chosen.run(chosen)
 
 
-# each command: (what it measures, {option: default or (default, help)}); --shape takes one of SHAPES
+# -----------------------------------------------------------------------------
+# packing: R runs that differ only in their prompt share each step of the frozen model (train.packed_loss)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the precisions a pack trains in (train.autocast_for)
+EMULATED_BF16 = ("bf16: not timed: this CPU has no native bf16 (AVX512-BF16 or AMX), so PyTorch emulates it, about "
+                 "100x slower than fp32 (train.bf16_is_emulated)")
+
+
+def random_t5(cfg, device):
+    """Our T5 with random weights of a config (nothing loaded), frozen, in training mode: dropout at the config's
+    rate (0.1), as the recipe trains."""
+    torch.manual_seed(0)
+    return model_t5.T5(cfg).requires_grad_(False).to(device).train()
+
+
+def random_batch(examples, source_len, target_len, vocab_size, device, seed=0):
+    """A batch of random token ids: every source source_len long, every target target_len (no padding)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, min(32000, vocab_size), (examples, source_len), generator=g)
+    labels = torch.randint(3, min(32000, vocab_size), (examples, target_len), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "labels": labels.to(device)}
+
+
+def pack_of(inits):
+    """A pack: its prompts (R, n, d), trained from inits, and one AdamW over them (the recipe's lr and decay)."""
+    prompts = torch.nn.Parameter(inits.clone())
+    return prompts, torch.optim.AdamW([prompts], lr=0.3, weight_decay=1e-5)
+
+
+def packed_step(model, pack, batch, autocast):
+    """One step of train.train's loop for a pack, without its data loading, schedule and bookkeeping: the runs'
+    losses per target token (train.packed_loss under autocast), the backward of their sum, each run's gradient
+    clipped to norm 1, AdamW, zero_grad. -> the (R,) losses, read back as the loop reads them (a synchronisation
+    per step)."""
+    prompts, optimizer = pack
+    with autocast():  # the batch has no padding: every label is a target token
+        losses = train.packed_loss(model, prompts, batch) / batch["labels"].numel()
+    losses.sum().backward()
+    train.clip_per_run(prompts.grad, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses.tolist()
+
+
+def arm(inits, pack_size):
+    """The runs of inits (R, n, d) in packs of at most pack_size, each with its own AdamW. One round steps every
+    pack once: pack_size 1 trains the runs one after another, pack_size R all in one step."""
+    return [pack_of(chunk) for chunk in inits.split(pack_size)]
+
+
+def round_losses(model, packs, batch, autocast):
+    """One step of every pack; every run's loss, in run order."""
+    return [loss for pack in packs for loss in packed_step(model, pack, batch, autocast)]
+
+
+def medians(fns, steps, device):
+    """{name: median seconds of one call} over `steps` rounds that call every fn once, after one untimed warm-up
+    round; interleaved, so that a slow spell of the machine hits every fn alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(steps):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+PACK_DEFAULTS = {  # `bench.py pack`'s shapes and batches by device: the issue's settings on a GPU; on the CPU the
+    "cuda": (["t5-small", "t5-base"], [2, 8, 16, 32]),  # issue's target alone (t5-small, batch 2), under a minute
+    "cpu": (["t5-small"], [2]),
+}
+
+
+def pack_source_len(batch):
+    """Source tokens of the issue's settings: the source tasks' batch 32 at the longest inputs, 256 tokens; the
+    few-shot batches (2, 8, 16) at 100."""
+    return data.MAX_SOURCE if batch >= 32 else 100
+
+
+def pack_speed(args):
+    """R runs one after another against the same R runs packed, in run·steps per second (runs x steps / s)."""
+    device = pick_device(args.device)
+    shapes, batches = (given or default for given, default in zip((args.shape, args.batch),
+                                                                  PACK_DEFAULTS[device.type]))
+    precisions = args.precision
+    if "bf16" in precisions and train.bf16_is_emulated(device):
+        print(EMULATED_BF16)
+        precisions = [p for p in precisions if p != "bf16"]
+    print(f"{args.runs} runs, one after another (alone: {args.runs} steps of one run each, each run its own AdamW) "
+          f"and packed (one step of all {args.runs}, or of as many as fit the memory: train.largest_pack); a step "
+          f"is train.train's: packed_loss under autocast, backward, per-run clipping, AdamW; random weights, "
+          f"dropout 0.1, {args.prompt} prompt vectors + the source tokens, {args.tgt} target tokens; median of "
+          f"{args.steps} rounds after a warm-up; {device_words(device)}")
+    print(f"{'shape':10}{'precision':>10}{'batch':>6}{'source':>7}{'runs':>5}{'pack':>5}{'alone':>13}{'packed':>13}"
+          f"{'packed/alone':>13}{'alone':>9}{'packed':>9}{'packed':>8}")
+    print(f"{'':46}{'run-steps/s':>13}{'run-steps/s':>13}{'':13}{'TFLOP/s':>9}{'TFLOP/s':>9}{'of mm':>8}")
+    for shape in shapes:
+        model = random_t5(model_t5.T5Config(**SHAPES[shape]), device)
+        for precision in precisions:
+            peak = matmul_rate(DTYPES[precision], device)
+            for batch in batches:
+                print(pack_row(model, shape, precision, batch, peak, args, device), flush=True)
+    print(f"TFLOP/s: forward_flops x 2 per step (the backward pass computes activation gradients only: the weights "
+          f"are frozen); of mm: the packed rate against this device's {MATMUL_N[device.type]}^3 matrix product in "
+          f"the same precision, measured in this run")
+
+
+def pack_row(model, shape, precision, batch, peak, args, device):
+    """One line of `bench.py pack`: both arms timed on the same batch and initial prompts."""
+    cfg, source = model.config, pack_source_len(batch)
+    autocast, _ = train.autocast_for(precision, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # memory_budget reads the free memory: give back what earlier rows cached
+    pack = min(args.runs, train.largest_pack(cfg, batch, source + args.prompt, args.tgt, precision, device))
+    inits = torch.randn(args.runs, args.prompt, cfg.d_model, generator=torch.Generator().manual_seed(0)) * 0.5
+    examples = random_batch(batch, source, args.tgt, cfg.vocab_size, device)
+    arms = {name: arm(inits.to(device), size) for name, size in (("alone", 1), ("packed", pack))}
+    seconds = medians({name: lambda packs=packs: round_losses(model, packs, examples, autocast)
+                       for name, packs in arms.items()}, args.steps, device)
+    flops = 2 * forward_flops(cfg, args.runs * batch, source + args.prompt, args.tgt)  # a round: every run's rows
+    alone, packed = seconds["alone"], seconds["packed"]
+    return (f"{shape:10}{precision:>10}{batch:6}{source:7}{args.runs:5}{pack:5}{args.runs / alone:13.4g}"
+            f"{args.runs / packed:13.4g}{alone / packed:12.2f}x{flops / alone / 1e12:9.3g}{flops / packed / 1e12:9.3g}"
+            f"{flops / packed / peak:8.0%}")
+
+
+# -----------------------------------------------------------------------------
+# estimate: the paper's grid in device-hours on this device, from a few timed packed steps
+
+class TaskSize(NamedTuple):
+    train: int  # examples of the paper's splits
+    validation: int
+    test: int
+    source: float  # mean source tokens (truncated to 256; the prompt not counted)
+    target: float  # mean target tokens (the label word and EOS)
+    longest: int  # the longest target: the decoding steps of a greedy evaluation of a trained prompt
+
+
+# Examples: data/splits.py's rule applied to the original distributions' split sizes (GLUE; SNLI without its "-"
+# labels; SciTail's snli_format; Zhang et al.'s CSVs; IMDB; SST-5's trees): a large set gives 1,000 of its train to
+# validation and tests on its original held-out split, a small set keeps its train and halves its held-out split.
+# Token lengths: measured once, by hand, with data.tokenize and T5's vocabulary (../shared/assets/t5-spiece.model)
+# over every row of the dataset samples in ../shared/data (rows after each). Some samples are small (dbpedia's holds
+# class 1 only); a decoder token more or less moves a step's time by about 1 %.
+TASK_SIZES = {
+    "mnli": TaskSize(391_702, 1_000, 9_815, 51.7, 3.02, 5),  # 53 rows
+    "qnli": TaskSize(103_743, 1_000, 5_463, 63.9, 5.51, 6),  # 300
+    "sst2": TaskSize(66_349, 1_000, 872, 32.9, 2.00, 2),  # 1,172
+    "yelp_polarity": TaskSize(559_000, 1_000, 38_000, 141.2, 2.00, 2),  # 4
+    "dbpedia": TaskSize(559_000, 1_000, 70_000, 84.4, 2.00, 5),  # 10
+    "trec": TaskSize(5_452, 250, 250, 27.7, 2.44, 5),  # 5,952
+    "scitail": TaskSize(22_596, 1_000, 2_126, 46.5, 3.50, 5),  # 4
+    "snli": TaskSize(548_367, 1_000, 9_824, 38.3, 2.97, 5),  # 296
+    "ag_news": TaskSize(119_000, 1_000, 7_600, 78.1, 2.59, 4),  # 300
+    "yahoo": TaskSize(1_399_000, 1_000, 60_000, 144.0, 2.10, 3),  # 10
+    "imdb": TaskSize(24_000, 1_000, 25_000, 213.7, 2.00, 2),  # 22
+    "sst5": TaskSize(8_544, 550, 551, 35.2, 2.29, 3),  # 1,701
+    "qqp": TaskSize(362_846, 1_000, 40_430, 42.2, 4.44, 6),  # 18
+    "mrpc": TaskSize(3_668, 204, 204, 71.4, 3.31, 6),  # 499
+    "rte": TaskSize(2_490, 138, 139, 82.1, 5.50, 6),  # 577
+    "cola": TaskSize(8_551, 521, 522, 16.4, 2.00, 2),  # 1,343
+    "stsb": TaskSize(5_749, 750, 750, 41.2, 2.97, 3),  # 1,800
+}
+SOURCE_TASKS = "mnli,qnli,sst2,yelp_polarity,dbpedia,trec"  # the v1 grid (run.sh's defaults)
+TRANSFER = "mnli,qnli:scitail,snli dbpedia,trec:ag_news,yahoo sst2,yelp_polarity:imdb,sst5"  # pair:targets, run.sh's
+FEW_SHOT_INITS = 5  # random origin, the SPoT prompt of each source, the multi-task SPoT prompt, the TPV sum (run.sh)
+EVAL_BATCH = 64  # evaluation.predict's and train.validation_losses's rows per forward pass
+PAPER_HOURS = "about 1,200 A100-PCIe-40GB GPU-hours for all its experiments (supplement A)"
+
+
+class Timings:
+    """Seconds of the grid's three kinds of work on this device, on random weights of the model's shape: a packed
+    training step, a validation forward pass and a greedy evaluation. Each is timed at two source lengths (64 and
+    256 tokens, + the prompt) and two target lengths (2 and 6), and interpolated bilinearly (extrapolated outside):
+    the work is linear in each length and the cross-attention in their product; the encoder's self-attention,
+    quadratic in the source, is about a tenth of its work at 306 tokens, so the straight line overestimates lengths
+    in between by a few % at most. Each setting is timed once. Past max_rows rows (batch x pack), the time of one
+    run of max_rows examples is scaled linearly (the same model work; a pack's AdamW, not timed then, is tiny)."""
+    SOURCES, TARGETS = (64, 256), (2, 6)
+
+    def __init__(self, cfg, precision, prompt_len, steps, max_rows, device, log=print):
+        self.model, self.cfg, self.prompt_len = random_t5(cfg, device), cfg, prompt_len
+        self.autocast, _ = train.autocast_for(precision, device)
+        self.steps, self.max_rows, self.device, self.log = steps, max_rows, device, log
+        self.cache = {}
+
+    def step(self, batch, pack, source, target):
+        return self.interpolated("step", batch, pack, source, target)
+
+    def validation(self, source, target):
+        """Per example and run: train.validation_losses forwards EVAL_BATCH rows at a time, whatever the pack."""
+        return self.interpolated("validation", EVAL_BATCH, 1, source, target) / EVAL_BATCH
+
+    def generation(self, source, longest):
+        """Per example: evaluation.predict decodes EVAL_BATCH examples at a time, one prompt."""
+        return self.interpolated("generation", EVAL_BATCH, 1, source, longest) / EVAL_BATCH
+
+    def interpolated(self, kind, batch, pack, source, target):
+        (s0, s1), (t0, t1) = self.SOURCES, self.TARGETS
+        x, y = (source - s0) / (s1 - s0), (target - t0) / (t1 - t0)
+        at = lambda s, t: self.seconds(kind, batch, pack, s, t)
+        return (1 - x) * ((1 - y) * at(s0, t0) + y * at(s0, t1)) + x * ((1 - y) * at(s1, t0) + y * at(s1, t1))
+
+    def seconds(self, kind, batch, pack, source, target):
+        rows = batch * pack
+        if rows > self.max_rows:  # one run of max_rows examples: the same model work, scaled
+            return self.seconds(kind, self.max_rows, 1, source, target) * rows / self.max_rows
+        key = (kind, batch, pack, source, target)
+        if key not in self.cache:
+            self.cache[key] = self.time(*key)
+            self.log(f"  timed {kind}: batch {batch} x {pack} runs, {source} source + {self.prompt_len} prompt, "
+                     f"{target} target tokens: {self.cache[key]:.4f} s")
+        return self.cache[key]
+
+    def time(self, kind, batch, pack, source, target):
+        model, cfg, autocast = self.model, self.cfg, self.autocast
+        examples = random_batch(batch, source, target, cfg.vocab_size, self.device)
+        inits = torch.randn(pack, self.prompt_len, cfg.d_model, device=self.device) * 0.5
+        model.train(kind == "step")  # dropout in training steps only, as train.py and evaluation.py run them
+        if kind == "step":
+            trained = pack_of(inits)
+            work = lambda: packed_step(model, trained, examples, autocast)
+        elif kind == "validation":
+            work = inference(lambda: train.packed_loss(model, inits, examples).tolist(), autocast)
+        else:  # random weights never emit EOS: every example decodes all `target` tokens
+            work = inference(lambda: model_t5.generate_greedy(model, examples["input_ids"],
+                                                              examples["attention_mask"], inits[0], target).tolist(),
+                             autocast)
+        return medians({kind: work}, self.steps, self.device)[kind]
+
+
+def inference(fn, autocast):
+    """fn, called without autograd and under autocast, as evaluation runs."""
+    def call():
+        with torch.no_grad(), autocast():
+            return fn()
+    return call
+
+
+@dataclass
+class Cost:
+    """What one experiment of the grid asks of the device."""
+    runs: int = 0
+    steps: int = 0  # training steps of all its packs
+    packs: int = 0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+
+def mean_lengths(tasks, weights):
+    """(source, target) token lengths of a mixture of tasks, weighted by their examples."""
+    total = sum(weights)
+    return tuple(sum(w * getattr(TASK_SIZES[t], f) for t, w in zip(tasks, weights)) / total
+                 for f in ("source", "target"))
+
+
+def tests_s(times, tasks, prompts):
+    """Greedy evaluation of `prompts` prompts on each task's test set."""
+    return prompts * sum(TASK_SIZES[t].test * times.generation(TASK_SIZES[t].source, TASK_SIZES[t].longest)
+                         for t in tasks)
+
+
+def train_command(cost, times, tasks, shots, n_runs, pack):
+    """n_runs runs of one tpv.py train command (a task, or a multi-task pair) trained in packs of at most `pack`:
+    their steps, their validation every eval_every steps, then each run's test evaluation (shots 0: that alone)."""
+    config = train.recipe(",".join(tasks), shots)
+    sizes = [TASK_SIZES[t] for t in tasks]
+    if shots != 0:
+        source, target = mean_lengths(tasks, [s.train for s in sizes])
+        steps = config.max_steps or config.epochs * math.ceil(sum(s.train for s in sizes) / config.batch_size)
+        chunks = [min(pack, n_runs - i) for i in range(0, n_runs, pack)]
+        cost.steps += steps * len(chunks)
+        cost.packs += len(chunks)
+        cost.train_s += steps * sum(times.step(config.batch_size, n, source, target) for n in chunks)
+        validations = math.ceil(steps / config.eval_every)  # train.due: every eval_every steps and the last
+        cost.eval_s += validations * n_runs * sum(min(s.validation, config.validation_limit or s.validation)
+                                                * times.validation(s.source, s.target) for s in sizes)
+    cost.runs += n_runs
+    cost.eval_s += tests_s(times, tasks, n_runs)
+
+
+def grid_costs(times, origins, tasks, shots, transfer, pack_size):
+    """{experiment: Cost} of run.sh's grid: the source prompts and the multi-task SPoT prompts of the transfer pairs
+    both in `tasks`, every pair's zero-shot addition, cross-origin, few-shot transfer to the pairs' targets (the
+    cosine similarities cost next to nothing). pack_size(tasks, shots, n_runs) -> the pack of a train command."""
+    pairs = [(a, b) for i, a in enumerate(tasks) for b in tasks[i + 1:]]
+    groups = [(pair, targets) for pair, targets in transfer if set(pair) <= set(tasks)]
+    costs = {name: Cost() for name in ("source prompts", "multi-task SPoT", "zero-shot addition", "cross-origin",
+                                       "few-shot")}
+    for task in tasks:
+        train_command(costs["source prompts"], times, [task], None, origins, pack_size([task], None, origins))
+    for pair, _ in groups:
+        train_command(costs["multi-task SPoT"], times, pair, None, origins, pack_size(pair, None, origins))
+    for a, b in pairs:  # per origin: the lambda sweep on validation, then the sum and each single prompt on test
+        sizes = [TASK_SIZES[a], TASK_SIZES[b]]
+        costs["zero-shot addition"].runs += origins
+        costs["zero-shot addition"].eval_s += origins * (tests_s(times, [a, b], 2) + len(experiments.LAMBDAS) * sum(
+            s.validation * times.generation(s.source, s.longest) for s in sizes))
+    if origins > 1:  # origin_i + tau_j for every pair of origins
+        costs["cross-origin"].runs += origins ** 2 * len(tasks)
+        costs["cross-origin"].eval_s += tests_s(times, tasks, origins ** 2)
+    n_runs = origins * FEW_SHOT_INITS  # one command per target and shot count
+    for _, targets in groups:
+        for target in targets:
+            for n in shots:
+                train_command(costs["few-shot"], times, [target], n, n_runs, pack_size([target], n, n_runs))
+    return costs
+
+
+def estimate(args):
+    """The device-hours of run.sh's grid on this device (the paper's v1 grid by default), from timed steps."""
+    device = pick_device(args.device)
+    precision = train.resolve_precision(args.precision, device)
+    if precision == "bf16" and train.bf16_is_emulated(device):
+        sys.exit(f"bench.py estimate: {EMULATED_BF16}; estimate --precision fp32")
+    cfg = model_config(args.model, args.models_dir)
+    origins, tasks, shots = len(args.origins), args.tasks, args.shots
+    max_rows = args.max_rows or (16 if device.type == "cpu" else math.inf)
+    print(f"estimating run.sh's grid for {args.model} (d_model {cfg.d_model}, {cfg.num_layers}+"
+          f"{cfg.num_decoder_layers} layers), {precision}, {device_words(device)}: {origins} origins, source tasks "
+          f"{','.join(tasks)}, shots {','.join(map(str, shots))}; packs of "
+          f"{args.pack or 'as many runs as fit (train.largest_pack at 256 source tokens)'}; greedy evaluation")
+    times = Timings(cfg, precision, args.prompt, args.steps, max_rows, device)
+
+    def pack_size(tasks, shots, n_runs):
+        if args.pack:
+            return min(args.pack, n_runs)
+        batch = train.recipe(",".join(tasks), shots).batch_size
+        longest = max(TASK_SIZES[t].longest for t in tasks)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # memory_budget reads the free memory: give back what the timings cached
+        return min(n_runs, train.largest_pack(cfg, batch, data.MAX_SOURCE + args.prompt, longest, precision, device))
+
+    costs = grid_costs(times, origins, tasks, shots, args.transfer, pack_size)
+    print(f"{'experiment':20}{'runs':>7}{'steps':>11}{'packs':>7}{'s/step':>9}{'train h':>9}{'eval h':>9}"
+          f"{'device-h':>10}")
+    for name, c in costs.items():
+        per_step = f"{c.train_s / c.steps:9.3f}" if c.steps else f"{'-':>9}"
+        print(f"{name:20}{c.runs:7,}{c.steps:11,}{c.packs:7,}{per_step}{c.train_s / 3600:9.1f}{c.eval_s / 3600:9.1f}"
+              f"{(c.train_s + c.eval_s) / 3600:10.1f}")
+    total = sum(c.train_s + c.eval_s for c in costs.values()) / 3600
+    print(f"{'total':71}{total:10.1f}")
+    print("runs: trained runs (addition, cross-origin: prompts evaluated); steps: the training steps of all packs; "
+          "eval h: the validation passes and the greedy test (and lambda sweep) evaluations")
+    print(f"about {total:,.0f} device-hours on {device_words(device)}; the paper: {PAPER_HOURS}")
+
+
+def model_config(name, models_dir):
+    """The config of --model without its weights: config.json of a local folder (a path, models_dir/NAME or the
+    Hugging Face cache, found as hub.py finds them; nothing is downloaded), else the shape of a known name."""
+    folder = hub.find_local(name, models_dir, lambda f: os.path.exists(os.path.join(f, "config.json")))
+    if folder and os.path.isfile(os.path.join(folder, "config.json")):
+        return model_t5.T5Config.from_json(os.path.join(folder, "config.json"))
+    shape = SHAPES.get(name.rstrip("/").rsplit("/", 1)[-1])
+    if shape is None:
+        sys.exit(f"bench.py estimate: {name}: no config.json there nor in the Hugging Face cache, and not one of "
+                 f"the shapes bench.py knows ({', '.join(SHAPES)})")
+    return model_t5.T5Config(**shape)
+
+
+def comma_list(item=str, choices=None):
+    """argparse type: a comma list of values of type `item` (each one of `choices`, when given) -> a list."""
+    def parse(text):
+        try:
+            values = [item(x) for x in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of {item.__name__} values") from None
+        bad = [v for v in values if choices is not None and v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of {', '.join(map(str, choices))}")
+        return values
+    return parse
+
+
+def transfer_groups(text):
+    """argparse type of --transfer: 'a,b:t1,t2 c,d:t3' -> [([a, b], [t1, t2]), ([c, d], [t3])], known tasks only."""
+    groups = []
+    for group in text.split():
+        pair, _, targets = group.partition(":")
+        groups.append((comma_list(choices=TASK_SIZES)(pair), comma_list(choices=TASK_SIZES)(targets)))
+        if len(groups[-1][0]) != 2:
+            raise argparse.ArgumentTypeError(f"{group!r}: a group is two source tasks, ':' and its targets")
+    return groups
+
+
+# each command: (what it measures, {option: default, (default, help) or (default, help, argparse keywords)});
+# without keywords --shape takes one of SHAPES, --precision one of step's precisions, others the default's type
 SAMPLES, TOKENIZER = "../shared/data", "../shared/assets/t5-spiece.model"
+DEVICE = ("auto", "cpu, cuda or cuda:N; auto: cuda when PyTorch sees a GPU")
 COMMANDS = {
     "step": (step, "prompt-tuning step time, ours vs transformers", {
         "shape": "t5-small", "batch": 8, "src": (256, "source tokens per example"), "prompt": (50, "soft prompt "
         "vectors"), "tgt": (3, "target tokens per example"), "precision": ("fp32", "fp32, bf16-autocast (fp32 "
         "weights under bf16 autocast) or bf16 (bf16 weights)"), "dropout": (0.1, "dropout rate of every variant "
         "(default: T5's 0.1, as the recipe trains; 0 measures the matrix work alone)"), "repeats": 5,
-        "only": (None, argparse.SUPPRESS)}),
-    "memory": (memory, "peak resident memory of each variant's training step",
-               {"shape": "t5-small", "batch": 8, "src": 256}),
-    "parity": (parity, "logit differences against transformers per config family", {"batch": 4, "src": 128, "tgt": 8}),
+        "only": (None, argparse.SUPPRESS), "device": DEVICE}),
+    "memory": (memory, "peak memory of each variant's training step",
+               {"shape": "t5-small", "batch": 8, "src": 256, "device": DEVICE}),
+    "parity": (parity, "logit differences against transformers per config family",
+               {"batch": 4, "src": 128, "tgt": 8, "device": DEVICE}),
     "data": (data_speed, "data preparation and tokenisation speed, padding overhead", {
         "samples": (SAMPLES, "the dataset samples folder"), "tokenizer": TOKENIZER,
         "tasks": "mnli,snli,sst2,qnli,trec,mrpc,rte,cola,stsb,sst5,ag_news", "repeats": 3}),
     "eval": (eval_speed, "evaluation speed: greedy generation and rank scoring",
-             {"shape": "t5-small", "batch": 64, "src": 128, "prompt": 50, "repeats": 3}),
+             {"shape": "t5-small", "batch": 64, "src": 128, "prompt": 50, "repeats": 3, "device": DEVICE}),
     "epoch": (epoch_speed, "one epoch over real samples: bucketed batches vs padding to 256", {
         "shape": "t5-small", "batch": 32, "samples": SAMPLES, "tokenizer": TOKENIZER, "tasks": "mnli,sst2",
         "new-tokens": (7, "decoding steps of both evaluations"),
-        "repeats": (1, "training epochs per variant (the median is shown)")}),
+        "repeats": (1, "training epochs per variant (the median is shown)"), "device": DEVICE}),
+    "pack": (pack_speed, "R runs packed into one training step against the same runs one after another", {
+        "runs": (10, "R, the runs"),
+        "batch": (None, "comma list of batch sizes; 32 runs 256 source tokens, smaller ones 100 (default: 2,8,16,32 "
+                  "on a GPU, 2 on the CPU)", {"type": comma_list(int)}),
+        "shape": (None, "comma list of shapes (default: t5-small,t5-base on a GPU, t5-small on the CPU)",
+                  {"type": comma_list(choices=SHAPES)}),
+        "precision": (["fp32", "bf16"], "comma list of fp32, bf16 (autocast, as training runs it; not timed on a "
+                      "CPU that emulates it)", {"type": comma_list(choices=DTYPES)}),
+        "prompt": (50, "prompt vectors"), "tgt": (4, "target tokens per example"),
+        "steps": (3, "timed rounds (median) after one warm-up round"), "device": DEVICE}),
+    "estimate": (estimate, "device-hours of run.sh's grid here, from a few timed packed steps", {
+        "model": ("t5-base", "a model folder, a name found in --models-dir or the Hugging Face cache (its "
+                  "config.json), or a shape bench.py knows; nothing is downloaded"),
+        "models-dir": ("models", "where tpv.py keeps downloaded models"),
+        "origins": (cli.origin_list("0-9"), "origins: 0-9, 0,3,5 or 0-2,7", {"type": cli.origin_list}),
+        "tasks": (SOURCE_TASKS.split(","), "comma list of source tasks", {"type": comma_list(choices=TASK_SIZES)}),
+        "shots": (experiments.SHOTS, "comma list of few-shot training set sizes (0: evaluation only)",
+                  {"type": comma_list(int)}),
+        "transfer": (transfer_groups(TRANSFER), f"few-shot groups, 'SOURCE,SOURCE:TARGET,...' separated by spaces "
+                     f"(default: the paper's, {TRANSFER!r})", {"type": transfer_groups}),
+        "pack": (None, "at most N runs per training step (default: as many as fit, train.largest_pack)",
+                 {"type": int}),
+        "precision": ("auto", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16", {"choices": ["auto", "fp32",
+                                                                                                   "bf16"]}),
+        "prompt": (50, "prompt vectors"),
+        "steps": (2, "timed calls (median) of each setting after one warm-up call"),
+        "max-rows": (None, "time at most N rows (batch x pack) at once and scale linearly above (default: 16 on "
+                     "the CPU, where time grows about linearly with the rows from 8 on; no limit on a GPU)",
+                     {"type": int}),
+        "device": DEVICE}),
 }
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("all", help="step (t5-small and t5-base shapes), eval, epoch and memory in one run")
     p.add_argument("--shape", choices=SHAPES, default="t5-small", help="the shape of eval, epoch and memory")
+    p.add_argument("--device", default=DEVICE[0], help=DEVICE[1])
     p.set_defaults(run=lambda args: everything(args, parser))
     for name, (run, help_text, options) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         for option, spec in options.items():
-            default, text = spec if isinstance(spec, tuple) else (spec, None)
-            kind = {"shape": {"choices": SHAPES}, "precision": {"choices": ["fp32", "bf16-autocast", "bf16"]}}.get(
-                option, {"type": type(default)} if default is not None else {})
-            p.add_argument(f"--{option}", default=default, help=text, **kind)
+            default, text, kind = (*spec, None)[:3] if isinstance(spec, tuple) else (spec, None, None)
+            if kind is None:
+                kind = {"shape": {"choices": SHAPES}, "precision": {"choices": ["fp32", "bf16-autocast", "bf16"]}}.get(
+                    option, {"type": type(default)} if default is not None else {})
+            p.add_argument(f"--{option}", **{"default": default, "help": text, **kind})
         p.set_defaults(run=run)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.run(args)
 
 
