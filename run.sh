@@ -2,8 +2,13 @@
 # Reproduces the paper's T5 experiments (v1 grid) by calling tpv.py, then writes results/README.md.
 #
 #   ./run.sh                                    # t5-base, origins 0-9, 6 source and 6 target tasks
-#   ./run.sh --origins 0,1,2 --jobs 4           # fewer origins; 4 runs at a time, one GPU each
+#   ./run.sh --origins 0,1,2 --jobs 4           # fewer origins; 4 packs at a time, one GPU each
 #   ./run.sh --quick                            # a minutes-long smoke version: tiny random T5, dataset samples
+#   ./run.sh --plan                             # the grid as commands, one a line, to run anywhere
+#   ./run.sh --slurm --time 2-00:00:00          # the grid as Slurm array jobs, one GPU per command
+#
+# Training runs in packs: one tpv.py train command trains a source task (or a multi-task pair) on every origin,
+# or a target task with one shot count on every origin from each of the five initialisations, sharing its steps.
 #
 # Options:
 #   --origins LIST   origins 0..9, a comma list of numbers and ranges A-B with A <= B, e.g. 0-2,5 (default 0-9)
@@ -11,7 +16,9 @@
 #                    runs for the paper's source pairs that are both in the list
 #   --shots LIST     few-shot training set sizes, integers >= 0 (default 0,5,10,25,50,100,250,500,750,1000)
 #   --model NAME     a model folder or a hub name (default t5-base)
-#   --jobs N         runs at a time, one GPU each when there are GPUs (default 1)
+#   --pack N         at most N runs share a training step; a pack with more runs trains them N at a time
+#                    (default: tpv.py train's estimate from the memory)
+#   --jobs N         packs (and additions) at a time, one GPU each when there are GPUs (default 1)
 #   --out DIR        runs and logs (default runs)
 #   --results DIR    tables and plots (default results)
 #   --data-dir DIR   the data cache (default $TPV_DATA, else data_cache)
@@ -20,12 +27,49 @@
 #                    sst2,cola -> rte; it only changes the defaults of the options you did not give: --origins 0-1
 #                    --tasks sst2,cola,trec --shots 0,5 and, for --model, a random tiny T5 written to
 #                    DIR/tiny-t5 (DIR: --out)
+#   --plan           print every command of the grid, one a line (see below); writes nothing, runs nothing
+#   --slurm          write the grid as Slurm array jobs to DIR/slurm (DIR: --out; see below); needs no Slurm here
+#   --partition P    --slurm: the partition, or a comma list of them (default: the cluster's default)
+#   --time T         --slurm: each array task's time limit: minutes, HH:MM:SS or D-HH:MM:SS (default: the
+#                    partition's)
+#   --estimate       time a few packed training steps of --model here and print the grid's device-hours
+#                    (python bench.py estimate; no data needed, nothing downloaded; --quick: of the tiny T5, which
+#                    it writes first when it is not there)
 #   -h, --help       this text
 #
 # Relative paths you give (options, $TPV_DATA) are relative to the folder you run run.sh from; the defaults
 # are in run.sh's folder.
 # Any path may hold spaces. $PYTHON (default python) is the one program that runs tpv.py.
-# Stop it at any time and start it again: finished runs are skipped, interrupted ones resume.
+# Stop it at any time and start it again: finished runs are skipped (a pack whose runs all finished is not
+# started, tpv.py skips the finished runs of the others), interrupted packs resume (every pack has --resume).
+#
+# The grid in stages, and the stages each one needs:
+#   model      tpv.py download --model, or --quick's tiny T5
+#   data       the tasks' data: download-data, or prepare from --samples           model
+#   sources    one pack per source task, every origin                              data
+#   multitask  one pack per few-shot source pair (multi-task SPoT), every origin   data
+#   sums       zero-shot addition: one add per source pair and origin              sources
+#   fewshot    one pack per target task and shot count: every origin x the
+#              random origin, each source, the pair's multi-task prompt, the sum   sources, multitask
+#   analysis   cross-origin (with 2 origins or more) and similarity                sources
+#   report     results/README.md                                                   all of the above
+# --plan prints every command of the grid, finished or not (the plan is the same on any machine), in this order,
+# one a line after its stage's name and a space, shell-quoted to run with bash -c from run.sh's folder. The
+# commands of a stage are independent: run them at once, a stage after the other, e.g. on 4 GPUs with GNU xargs
+# (-d '\n': xargs would otherwise undo the quoting) or GNU parallel:
+#   ./run.sh --plan > plan.txt
+#   for stage in model data sources multitask sums fewshot analysis report; do
+#     awk -v s=$stage '$1 == s' plan.txt | cut -d' ' -f2- |
+#       xargs -d '\n' -P 4 --process-slot-var=CUDA_VISIBLE_DEVICES -I{} bash -c {} || break
+#   done
+#   awk '$1 == "sources"' plan.txt | cut -d' ' -f2- | parallel -j 4 'CUDA_VISIBLE_DEVICES=$(({%} - 1))' bash -c {}
+# A command whose work is done fails saying so (a pack whose runs all finished exits with 2; a finished addition
+# and a prepared sample are refused): to go on with a grid half done, use ./run.sh or --slurm, which skip it.
+# --slurm writes DIR/slurm: STAGE.plan (the stage's lines of the plan), STAGE.done (for each line, the files that
+# mark it finished), STAGE.sh (an sbatch array job: task i runs line i+1 on one GPU, or exits at once when its
+# files are all there) and submit.sh, which runs the model and data stages where you run it (they download, and
+# compute nodes often have no internet), then submits the other stages with sbatch, each after the stages it
+# needs (--dependency=afterok). Logs: DIR/logs/slurm-STAGE-JOB_TASK.log. After a failure, run submit.sh again.
 set -euo pipefail
 
 die() {  # die STATUS MESSAGE: one line on stderr (a newline in a value shows as \n); 2: a mistake in the options
@@ -33,22 +77,29 @@ die() {  # die STATUS MESSAGE: one line on stderr (a newline in a value shows as
   exit "$1"
 }
 
-ORIGINS="" SOURCES="" SHOTS="" MODEL="" JOBS="" OUT="" RESULTS="" DATA_DIR=${TPV_DATA-} SAMPLES="" QUICK=0
+ORIGINS="" SOURCES="" SHOTS="" MODEL="" PACK="" JOBS="" OUT="" RESULTS="" DATA_DIR=${TPV_DATA-} SAMPLES=""
+QUICK=0 MODE="" PARTITION="" TIME=""
 PYTHON=${PYTHON:-python}
 while [ $# -gt 0 ]; do
   option=$1 value=${2-}
   case $option in
     --quick) QUICK=1; shift; continue ;;
+    --plan|--slurm|--estimate)  # what run.sh does instead of running the grid here: one of them
+      [[ -z $MODE || $MODE == "$option" ]] || die 2 "$MODE and $option are different things to do: give one"
+      MODE=$option; shift; continue ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;  # the header above
     --origins) ORIGINS=$value ;;
     --tasks) SOURCES=$value ;;
     --shots) SHOTS=$value ;;
     --model) MODEL=$value ;;
+    --pack) PACK=$value ;;
     --jobs) JOBS=$value ;;
     --out) OUT=$value ;;
     --results) RESULTS=$value ;;
     --data-dir) DATA_DIR=$value ;;
     --samples) SAMPLES=$value ;;
+    --partition) PARTITION=$value ;;
+    --time) TIME=$value ;;
     *) die 2 "unknown option $option (see ./run.sh --help)" ;;
   esac
   # every option that gets here takes a value: the last argument, "" or the next option is a missing one
@@ -62,6 +113,7 @@ absolute() { local -n path=$1; [[ -z $path || $path == /* ]] || path=$PWD/$path;
 absolute OUT; absolute RESULTS; absolute DATA_DIR; absolute SAMPLES
 [ -d "$MODEL" ] && absolute MODEL
 cd -- "$(dirname -- "$0")"
+HERE=$PWD  # absolute: what the Slurm scripts go back to
 
 # --quick sets defaults only; what the user gave wins (its few-shot group needs sst2 and cola in --tasks)
 if [ "$QUICK" = 1 ]; then
@@ -76,8 +128,9 @@ fi
 : "${JOBS:=1}" "${OUT:=runs}" "${RESULTS:=results}" "${DATA_DIR:=data_cache}" "${SAMPLES:=../shared/data}"
 
 # Check every value before anything runs. Whole-list patterns also catch empty items (0,,1) and newlines.
-# JOBS has at most 4 digits: bash arithmetic would wrap a huge number around to a negative one.
+# JOBS and PACK have at most 4 digits: bash arithmetic would wrap a huge number around to a negative one.
 [[ $JOBS =~ ^[1-9][0-9]{0,3}$ ]] || die 2 "--jobs must be an integer from 1 to 9999, got '$JOBS'"
+[[ -z $PACK || $PACK =~ ^[1-9][0-9]{0,3}$ ]] || die 2 "--pack must be an integer from 1 to 9999, got '$PACK'"
 [[ $ORIGINS =~ ^[0-9](-[0-9])?(,[0-9](-[0-9])?)*$ ]] ||
   die 2 "--origins must be a comma list of origins 0..9 and ranges A-B, got '$ORIGINS'"
 # task names become file names and parts of run names (a,b is multi-task, a+b a sum): letters, digits and _
@@ -85,6 +138,13 @@ fi
   die 2 "--tasks must be a comma list of task names (letters, digits, _), got '$SOURCES'"
 [[ $SHOTS =~ ^(0|[1-9][0-9]*)(,(0|[1-9][0-9]*))*$ ]] ||
   die 2 "--shots must be a comma list of integers >= 0, got '$SHOTS'"
+# the Slurm values go into #SBATCH lines as they are: nothing there may need quoting
+[[ -z $PARTITION || $MODE == --slurm ]] || die 2 "--partition is for --slurm (give --slurm too)"
+[[ -z $TIME || $MODE == --slurm ]] || die 2 "--time is for --slurm (give --slurm too)"
+[[ -z $PARTITION || $PARTITION =~ ^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$ ]] ||
+  die 2 "--partition must be a partition name or a comma list of them (letters, digits, _ . -), got '$PARTITION'"
+[[ -z $TIME || $TIME =~ ^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$ ]] ||
+  die 2 "--time must be a Slurm time limit: minutes, HH:MM:SS or D-HH:MM:SS, got '$TIME'"
 no_duplicates() {  # no_duplicates OPTION ITEM...: a run listed twice would be trained twice, at once with --jobs > 1
   local option=$1 duplicates; shift
   duplicates=$(printf '%s\n' "$@" | sort | uniq -d)
@@ -115,143 +175,298 @@ done
 
 EXTRA=()  # options every training run gets
 SCORING=()  # options every evaluation gets
+TINY=0  # 1: --model is --quick's random tiny T5, which run.sh writes
+SPIECE=$SAMPLES/../assets/t5-spiece.model  # its vocabulary
 if [ "$QUICK" = 1 ]; then
-  for task in "${sources[@]}" "${targets[@]}"; do  # the data step below prepares the missing ones from there
-    [ -f "$DATA_DIR/$task/train.jsonl" ] || [ -d "$SAMPLES/$task" ] ||
-      die 2 "--quick prepares $task from $SAMPLES/$task, which is not a folder (see --samples)"
-  done
   EXTRA=(--max-steps 12 --eval-every 6 --warmup 2 --log-every 6 --scoring rank)
   SCORING=(--scoring rank)  # a random tiny model never stops generating: rank the label words instead
-  if [ -z "$MODEL" ]; then  # a random tiny T5 with T5's vocabulary
-    MODEL=$OUT/tiny-t5
-    # all three files, not just config.json: a tiny-model that died half-way may have left a partial folder
-    complete=1
-    for file in config.json model.safetensors spiece.model; do [ -f "$MODEL/$file" ] || complete=0; done
-    if [ "$complete" = 0 ]; then
-      spiece=$SAMPLES/../assets/t5-spiece.model
-      [ -f "$spiece" ] || die 2 "--quick needs T5's vocabulary at $spiece (see --samples)"
-      # --force: what is there is incomplete (an older tpv wrote models in place), so replacing it loses nothing
-      "$PYTHON" tpv.py tiny-model "$MODEL" --spiece "$spiece" --force ||
-        die 1 "tpv.py tiny-model could not write the tiny model to $MODEL (see above)"
-    fi
-  fi
+  [ -n "$MODEL" ] || { MODEL=$OUT/tiny-t5; TINY=1; }
 fi
 : "${MODEL:=t5-base}"
 COMMON=(--model "$MODEL" --out "$OUT" --data-dir "$DATA_DIR")
+PACKING=()
+[ -z "$PACK" ] || PACKING=(--pack "$PACK")
 RUNS=$OUT/$(basename -- "$MODEL")
+NAME=${RUNS##*/}  # the model's name, in the names of the logs
 LOGS=$OUT/logs
+
+# The grid, one entry per command: its stage, the name of its log, the files that mark it finished (none: it
+# always runs) and the command. The files and the command are kept as one line of shell words: a word of
+# letters, digits and _,./:=+@%- as it is, any other shell-quoted with printf %q, which also escapes spaces,
+# quotes and newlines (as $'\n'), so that eval or bash -c gives back the very same words.
+STAGE=() LOG=() DONE=() COMMAND=()
+quote() {  # quote VARIABLE WORD...: VARIABLE becomes the words as one line of shell (no fork: the grid is long)
+  local -n line_=$1
+  local word
+  shift
+  line_=""
+  for word; do
+    [[ -n $word && $word != *[!A-Za-z0-9_,./:=+@%-]* ]] || printf -v word '%q' "$word"
+    line_+="$word "
+  done
+  line_=${line_% }
+}
+quoted() { local line; quote line "$@"; printf '%s' "$line"; }  # quoted WORD...: the same, printed
+entry() {  # entry STAGE LOG FILE... -- COMMAND...
+  local stage=$1 log=$2 files=() done command
+  shift 2
+  while [ "$1" != -- ]; do files+=("$1"); shift; done
+  shift
+  quote done "${files[@]}"
+  quote command "$@"
+  STAGE+=("$stage") LOG+=("$log") DONE+=("$done") COMMAND+=("$command")
+}
+records() {  # records RUN...: RECORDS becomes the record of each run on every origin; all there: a pack finished
+  local o run
+  RECORDS=()
+  for o in "${origins[@]}"; do for run; do RECORDS+=("$RUNS/origin_$o/$run.json"); done; done
+}
+pack() {  # pack STAGE LOG TRAIN-ARGUMENTS...: one tpv.py train for every origin, finished when RECORDS are there
+  local stage=$1 log=$2
+  shift 2
+  entry "$stage" "$log" "${RECORDS[@]}" -- "$PYTHON" tpv.py train "$@" --origins "$ORIGINS" --resume \
+    "${PACKING[@]}" "${COMMON[@]}" "${EXTRA[@]}"
+}
+
+if [ "$TINY" = 1 ]; then  # all three files, not just config.json: a tiny-model that died may have left a part
+  # --force: what is there is incomplete (an older tpv wrote models in place), so replacing it loses nothing
+  entry model tiny-model "$MODEL/config.json" "$MODEL/model.safetensors" "$MODEL/spiece.model" -- \
+    "$PYTHON" tpv.py tiny-model "$MODEL" --spiece "$SPIECE" --force
+else  # a complete copy is used as it is; otherwise tpv.py train would download it in every pack at once
+  entry model download -- "$PYTHON" tpv.py download "$MODEL"
+fi
+prepared=","
+for task in "${sources[@]}" "${targets[@]}"; do
+  [[ $prepared == *,$task,* ]] && continue  # a target that is also a source
+  prepared+="$task,"
+  if [ "$QUICK" = 1 ]; then
+    entry data "data_$task" "$DATA_DIR/$task/train.jsonl" -- \
+      "$PYTHON" tpv.py prepare "$task" --from "$SAMPLES/$task" --data-dir "$DATA_DIR" --model "$MODEL"
+  else
+    entry data "data_$task" "$DATA_DIR/$task/train.jsonl" -- \
+      "$PYTHON" tpv.py download-data "$task" --data-dir "$DATA_DIR" --model "$MODEL"
+  fi
+done
+for task in "${sources[@]}"; do
+  records "$task"
+  pack sources "${NAME}_$task" "$task"
+done
+for group in "${groups[@]}"; do
+  records "${group%%:*}"
+  pack multitask "${NAME}_${group%%:*}" "${group%%:*}"
+done
+for ((a = 0; a < ${#sources[@]}; a++)); do
+  for ((b = a + 1; b < ${#sources[@]}; b++)); do
+    sum=${sources[a]}+${sources[b]}
+    for o in "${origins[@]}"; do
+      entry sums "${NAME}_origin_${o}_$sum" "$RUNS/origin_$o/$sum.json" -- \
+        "$PYTHON" tpv.py add "${sources[a]}" "${sources[b]}" --origin "$o" "${COMMON[@]}" "${SCORING[@]}"
+    done
+  done
+done
+for group in "${groups[@]}"; do
+  pair=${group%%:*} a=${pair%%,*} b=${pair#*,}
+  IFS=, read -r -a group_targets <<< "${group#*:}"
+  for target in "${group_targets[@]}"; do
+    for n in "${shots[@]}"; do
+      run=${target}_${n}shots
+      records "$run" "${run}_init-$a" "${run}_init-$b" "${run}_init-$pair" "${run}_init-$a+$b"
+      pack fewshot "${NAME}_$run" "$target" --shots "$n" \
+        --init origin --init "$a" --init "$b" --init "$pair" --init "$a+$b"
+    done
+  done
+done
+if [ ${#origins[@]} -gt 1 ]; then
+  entry analysis cross-origin -- "$PYTHON" tpv.py cross-origin "${sources[@]}" --origins "$ORIGINS" \
+    --results "$RESULTS" "${COMMON[@]}" "${SCORING[@]}"
+fi
+entry analysis similarity -- "$PYTHON" tpv.py similarity "${sources[@]}" --origins "$ORIGINS" --results "$RESULTS" \
+  "${COMMON[@]}"
+entry report report -- "$PYTHON" tpv.py report --results "$RESULTS" "${COMMON[@]}"
+ORDER=(model data sources multitask sums fewshot analysis report)  # as in --help
+declare -A NEEDS=([data]=model [sources]=data [multitask]=data [sums]=sources [fewshot]="sources multitask"
+                  [analysis]=sources [report]="sources multitask sums fewshot analysis")
+
+finished() {  # finished INDEX: the entry has files that mark it finished, and they are all there
+  local files file
+  eval "files=(${DONE[$1]})"  # safe: quoted's words
+  [ ${#files[@]} -gt 0 ] || return 1
+  for file in "${files[@]}"; do [ -e "$file" ] || return 1; done
+}
+of_stage() {  # of_stage STAGE [pending]: the indices of the stage's entries (pending: those not finished)
+  local i
+  for i in "${!STAGE[@]}"; do
+    [ "${STAGE[i]}" = "$1" ] || continue
+    [ "${2-}" = pending ] && finished "$i" && continue
+    echo "$i"
+  done
+}
+
+if [ "$MODE" = --plan ]; then
+  for stage in "${ORDER[@]}"; do
+    for i in $(of_stage "$stage"); do printf '%s %s\n' "$stage" "${COMMAND[i]}"; done
+  done
+  exit 0
+fi
+
+# --quick's data comes from its samples, the tiny T5's vocabulary from beside them
+if [ "$QUICK" = 1 ] && [ "$MODE" != --estimate ]; then
+  for task in "${sources[@]}" "${targets[@]}"; do  # the data stage prepares the missing ones from there
+    [ -f "$DATA_DIR/$task/train.jsonl" ] || [ -d "$SAMPLES/$task" ] ||
+      die 2 "--quick prepares $task from $SAMPLES/$task, which is not a folder (see --samples)"
+  done
+fi
+if [ "$TINY" = 1 ] && ! finished 0; then
+  [ -f "$SPIECE" ] || die 2 "--quick needs T5's vocabulary at $SPIECE (see --samples)"
+fi
+
+if [ "$MODE" = --slurm ]; then
+  SLURM=$OUT/slurm
+  [[ $SLURM == /* ]] || SLURM=$HERE/$SLURM  # the scripts run elsewhere (Slurm copies a job's script)
+  mkdir -p -- "$SLURM"
+  headers=(--gres=gpu:1)
+  [ -z "$PARTITION" ] || headers+=(--partition="$PARTITION")
+  [ -z "$TIME" ] || headers+=(--time="$TIME")
+  cat > "$SLURM/line.sh" <<EOF
+#!/usr/bin/env bash
+# line.sh STAGE I (written by run.sh --slurm): runs line I+1 of STAGE.plan with bash -c from run.sh's folder,
+# unless the files on line I+1 of STAGE.done (shell words), which mark it finished, are all there.
+set -euo pipefail
+folder=$(quoted "$SLURM") repository=$(quoted "$HERE")
+n=\$((\$2 + 1))
+command=\$(sed -n "\${n}p" -- "\$folder/\$1.plan")
+[ -n "\$command" ] || { echo "line.sh: \$folder/\$1.plan has no line \$n" >&2; exit 2; }
+eval "files=(\$(sed -n "\${n}p" -- "\$folder/\$1.done"))"
+if [ \${#files[@]} -gt 0 ]; then  # none: it always runs
+  left=0
+  for file in "\${files[@]}"; do [ -e "\$file" ] || left=1; done
+  [ "\$left" = 1 ] || { echo "\$1 \$n: finished already: \$command"; exit 0; }
+fi
+echo "\$1 \$n: \$command"
+cd -- "\$repository"
+exec bash -c "\$command"
+EOF
+  {
+    cat <<EOF
+#!/usr/bin/env bash
+# submit.sh (written by run.sh --slurm): runs the model and data stages here, one command after another (they
+# download: compute nodes often have no internet), then submits the other stages as Slurm array jobs, each
+# after the stages it needs, and prints their job ids. Logs: $(quoted "$LOGS")/slurm-STAGE-JOB_TASK.log
+set -euo pipefail
+folder=$(quoted "$SLURM") logs=$(quoted "$LOGS")
+mkdir -p -- "\$logs"  # sbatch writes no log into a missing folder
+submit() {  # submit STAGE [JOB_ID...]: the id of STAGE.sh's array job, after the jobs given
+  local options=(--parsable --output="\$logs/slurm-\$1-%A_%a.log") after id
+  [ \$# -lt 2 ] || { printf -v after ':%s' "\${@:2}"; options+=(--dependency="afterok\$after"); }
+  id=\$(sbatch "\${options[@]}" "\$folder/\$1.sh")
+  echo "\${id%%;*}"  # --parsable: JOB_ID or JOB_ID;CLUSTER
+}
+EOF
+    submitted=()
+    for stage in "${ORDER[@]}"; do
+      rm -f -- "$SLURM/$stage.plan" "$SLURM/$stage.done" "$SLURM/$stage.sh"  # a stage an older --slurm had
+      mapfile -t indices < <(of_stage "$stage")
+      [ ${#indices[@]} -gt 0 ] || continue
+      for i in "${indices[@]}"; do printf '%s\n' "${COMMAND[i]}"; done > "$SLURM/$stage.plan"
+      for i in "${indices[@]}"; do printf '%s\n' "${DONE[i]}"; done > "$SLURM/$stage.done"
+      if [ "$stage" = model ] || [ "$stage" = data ]; then
+        echo "for ((i = 0; i < ${#indices[@]}; i++)); do bash \"\$folder/line.sh\" $stage \"\$i\"; done"
+        continue
+      fi
+      {
+        echo "#!/usr/bin/env bash"
+        echo "#SBATCH --job-name=tpv-$stage"
+        echo "#SBATCH --array=0-$((${#indices[@]} - 1))"
+        printf '#SBATCH %s\n' "${headers[@]}"
+        echo "# One array task per line of $stage.plan (written by run.sh --slurm); submit.sh submits it."
+        echo "exec bash $(quoted "$SLURM/line.sh") $stage \"\$SLURM_ARRAY_TASK_ID\""
+      } > "$SLURM/$stage.sh"
+      after=""
+      for need in ${NEEDS[$stage]}; do [[ " ${submitted[*]} " == *" $need "* ]] && after+=" \"\$$need\""; done
+      echo "$stage=\$(submit $stage$after)"
+      submitted+=("$stage")
+    done
+    printf 'echo "submitted'
+    for stage in "${submitted[@]}"; do printf ' %s $%s' "$stage" "$stage"; done
+    printf '"\n'
+  } > "$SLURM/submit.sh"
+  chmod +x -- "$SLURM"/*.sh
+  printf 'wrote %s: an array job per stage (%s), after the model and data stages; submit them with: bash %s\n' \
+    "$SLURM" "${submitted[*]}" "$(quoted "$SLURM/submit.sh")"
+  exit 0
+fi
+
+if [ "$TINY" = 1 ] && ! finished 0; then  # the model stage is this one entry
+  eval "command=(${COMMAND[0]})"
+  "${command[@]}" || die 1 "tpv.py tiny-model could not write the tiny model to $MODEL (see above)"
+fi
+
+if [ "$MODE" = --estimate ]; then
+  exec "$PYTHON" bench.py estimate --model "$MODEL" --origins "$ORIGINS" --tasks "$SOURCES" --shots "$SHOTS" \
+    --transfer "${TRANSFER[*]}" "${PACKING[@]}"
+fi
+
 mkdir -p -- "$LOGS"
 FAILED=$LOGS/failed.txt
 : > "$FAILED"
 
-# The job lists are text, one job a line: job LOG COMMAND... prints the words shell-quoted with printf %q, which
-# also escapes spaces, quotes and newlines (as $'\n'), so that run_all's eval gives back the very same words.
-job() {
-  printf '%q ' "$@"
-  printf '\n'
-}
-
-# run_all: runs the jobs on stdin, JOBS at a time; worker k takes every JOBS-th job, on GPU k.
-# Each job's output goes to LOGS/LOG.log, LOG being the job's first word.
+# run_all INDEX...: runs those entries, JOBS at a time; worker k takes every JOBS-th one, on GPU k.
+# Each one's output goes to LOGS/LOG.log.
 run_all() {
-  local lines gpus workers k i words log command shown
-  mapfile -t lines
+  local todo=("$@") gpus workers k i command log
   gpus=$( (nvidia-smi -L 2>/dev/null || true) | wc -l)
-  workers=$((JOBS < ${#lines[@]} ? JOBS : ${#lines[@]}))
+  workers=$((JOBS < ${#todo[@]} ? JOBS : ${#todo[@]}))
   for ((k = 0; k < workers; k++)); do
     (
-      for ((i = k; i < ${#lines[@]}; i += workers)); do
-        eval "words=(${lines[i]})"  # safe: every line is job's printf %q output
-        log=$LOGS/${words[0]//[^A-Za-z0-9_,+.-]/_}.log  # a file name without / or spaces (--model's name is in it)
-        command=("${words[@]:1}")
-        printf -v shown '%q ' "${command[@]}"
-        shown=${shown% }  # the command as one line to paste into a shell
+      for ((i = k; i < ${#todo[@]}; i += workers)); do
+        eval "command=(${COMMAND[todo[i]]})"  # safe: quoted's words
+        log=$LOGS/${LOG[todo[i]]//[^A-Za-z0-9_,+.-]/_}.log  # a file name without / or spaces
         if [ "$gpus" -gt 0 ]; then
           export CUDA_VISIBLE_DEVICES=$((k % gpus))
         else  # CPU jobs share the cores: more threads than cores makes every job crawl
           export OMP_NUM_THREADS=$(($(nproc) / workers > 0 ? $(nproc) / workers : 1))
         fi
-        echo "[$((i + 1))/${#lines[@]}] $shown"
-        "${command[@]}" > "$log" 2>&1 || { echo "FAILED (see $log): $shown"; echo "$shown" >> "$FAILED"; }
+        echo "[$((i + 1))/${#todo[@]}] ${COMMAND[todo[i]]}"
+        "${command[@]}" > "$log" 2>&1 || {
+          echo "FAILED (see $log): ${COMMAND[todo[i]]}"
+          echo "${COMMAND[todo[i]]}" >> "$FAILED"
+        }
       done
     ) &
   done
   wait
 }
-
-# train_job ORIGIN NAME ARGS...: the job for one run, or nothing when it finished already (resumes a checkpoint)
-train_job() {
-  local origin=$1 name=$2; shift 2
-  local file=$RUNS/origin_$origin/$name resume=()
-  [ -f "$file.json" ] && return 0
-  [ -f "$file.ckpt.safetensors" ] && resume=(--resume)
-  job "${RUNS##*/}_origin_${origin}_$name" \
-    "$PYTHON" tpv.py train "$@" --origin "$origin" --name "$name" "${COMMON[@]}" "${EXTRA[@]}" "${resume[@]}" --force
+run_stages() {  # run_stages STAGE...: their entries that have not finished, in one pool
+  local indices=() stage
+  for stage; do mapfile -t -O ${#indices[@]} indices < <(of_stage "$stage" pending); done
+  run_all "${indices[@]}"
 }
 
 echo "== data"
-for task in "${sources[@]}" "${targets[@]}"; do
-  [ -f "$DATA_DIR/$task/train.jsonl" ] && continue
-  if [ "$QUICK" = 1 ]; then
-    "$PYTHON" tpv.py prepare "$task" --from "$SAMPLES/$task" --data-dir "$DATA_DIR" --model "$MODEL" > /dev/null
-  else
-    "$PYTHON" tpv.py download-data "$task" --data-dir "$DATA_DIR" --model "$MODEL"
-  fi
+for i in $(of_stage data pending); do
+  eval "command=(${COMMAND[i]})"
+  if [ "$QUICK" = 1 ]; then "${command[@]}" > /dev/null; else "${command[@]}"; fi
 done
 
 echo "== source prompts and multi-task SPoT prompts"
-{
-  for o in "${origins[@]}"; do
-    for task in "${sources[@]}"; do train_job "$o" "$task" "$task"; done
-    for group in "${groups[@]}"; do train_job "$o" "${group%%:*}" "${group%%:*}"; done
-  done
-} | run_all
+run_stages sources multitask
 
 echo "== zero-shot addition of every pair"
-# add_jobs A B: the job adding the vectors of A and B, on every origin where it has not finished yet
-add_jobs() {
-  local o
-  for o in "${origins[@]}"; do
-    [ -f "$RUNS/origin_$o/$1+$2.json" ] ||
-      job "${RUNS##*/}_origin_${o}_$1+$2" "$PYTHON" tpv.py add "$1" "$2" --origin "$o" "${COMMON[@]}" "${SCORING[@]}"
-  done
-}
-{
-  for ((a = 0; a < ${#sources[@]}; a++)); do
-    for ((b = a + 1; b < ${#sources[@]}; b++)); do add_jobs "${sources[a]}" "${sources[b]}"; done
-  done
-} | run_all
+run_stages sums
 
-if [ ${#origins[@]} -gt 1 ]; then
-  echo "== cross-origin"
-  "$PYTHON" tpv.py cross-origin "${sources[@]}" --origins "$ORIGINS" --results "$RESULTS" "${COMMON[@]}" "${SCORING[@]}" \
-    > "$LOGS/cross-origin.log" 2>&1 || { echo "FAILED: cross-origin (see $LOGS/cross-origin.log)"; echo cross-origin >> "$FAILED"; }
-fi
-
-echo "== similarity"
-"$PYTHON" tpv.py similarity "${sources[@]}" --origins "$ORIGINS" --results "$RESULTS" "${COMMON[@]}" > "$LOGS/similarity.log" 2>&1 \
-  || { echo "FAILED: similarity (see $LOGS/similarity.log)"; echo similarity >> "$FAILED"; }
+for i in $(of_stage analysis); do  # cross-origin and similarity
+  echo "== ${LOG[i]}"
+  eval "command=(${COMMAND[i]})"
+  "${command[@]}" > "$LOGS/${LOG[i]}.log" 2>&1 ||
+    { echo "FAILED: ${LOG[i]} (see $LOGS/${LOG[i]}.log)"; echo "${LOG[i]}" >> "$FAILED"; }
+done
 
 echo "== few-shot transfer: random origin, single-source SPoT, multi-task SPoT, TPV sum"
-{
-  for o in "${origins[@]}"; do
-    for group in "${groups[@]}"; do
-      pair=${group%%:*} a=${pair%%,*} b=${pair#*,}
-      IFS=, read -r -a group_targets <<< "${group#*:}"
-      for target in "${group_targets[@]}"; do
-        for n in "${shots[@]}"; do
-          train_job "$o" "${target}_${n}shots" "$target" --shots "$n"
-          for init in "$a" "$b" "$pair" "$a+$b"; do
-            train_job "$o" "${target}_${n}shots_init-$init" "$target" --shots "$n" --init "$init"
-          done
-        done
-      done
-    done
-  done
-} | run_all
+run_stages fewshot
 
 echo "== report"
-"$PYTHON" tpv.py report --results "$RESULTS" "${COMMON[@]}"
+eval "command=(${COMMAND[$(of_stage report)]})"
+"${command[@]}"
 if [ -s "$FAILED" ]; then
   echo "run.sh: $(wc -l < "$FAILED") step(s) failed (listed in $FAILED); run ./run.sh again to retry them" >&2
   exit 1
