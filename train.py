@@ -13,6 +13,7 @@ prepends run r's prompt to copy r (packed_loss). Every run keeps its own loss, g
 validation and best prompt; a run that turns non-finite stops alone.
 """
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -128,7 +129,9 @@ def distributed():
     if not dist.is_initialized():
         if torch.cuda.is_available():  # NCCL's collectives run on the current device: this rank's own GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # rank 0 alone evaluates and writes a pack's runs while the others wait at a barrier (packs.py): hours on
+        # a large test set, far beyond the default 10 minutes of a collective
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=12))
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
