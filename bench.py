@@ -460,6 +460,9 @@ def random_batch(examples, source_len, target_len, vocab_size, device, seed=0):
             "labels": labels.to(device)}
 
 
+NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)  # scale() returns the loss as it is
+
+
 def pack_of(inits):
     """A pack: its prompts (R, n, d), trained from inits, and one AdamW over them (the recipe's lr and decay)."""
     prompts = torch.nn.Parameter(inits.clone())
@@ -472,9 +475,8 @@ def packed_step(model, pack, batch, autocast):
     clipped to norm 1, AdamW, zero_grad. -> the (R,) losses, read back as the loop reads them (a synchronisation
     per step)."""
     prompts, optimizer = pack
-    with autocast():  # the batch has no padding: every label is a target token
-        losses = train.packed_loss(model, prompts, batch) / batch["labels"].numel()
-    losses.sum().backward()
+    # the batch has no padding: every label is a target token; no loss scaler (fp32 and bf16 need none)
+    losses = train.packed_backward(model, prompts, batch, batch["labels"].numel(), autocast, NO_SCALER)
     train.clip_per_run(prompts.grad, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -115,8 +115,9 @@ def stored_pack_size(command):
     """The --pack a checkpoint of these runs was written with (None: none)."""
     labels = {r.label for r in command}
     for path, held in pack_checkpoints(command).items():
-        if labels & set(held) and checkpoint_state(path).get("pack"):
-            return checkpoint_state(path)["pack"]
+        pack = checkpoint_state(path).get("pack") if labels & set(held) else None
+        if pack:
+            return pack
     return None
 
 

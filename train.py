@@ -161,6 +161,16 @@ def packed_loss(model, prompts, batch):
     return token_losses.view(R, -1).sum(1)  # (R,)
 
 
+def packed_backward(model, prompts, batch, n_targets, autocast, scaler):
+    """The step's forward and backward: each run's summed loss over its copy of the batch / the global batch's
+    target tokens (under data parallelism the ranks' gradients then add up to exactly the gradient of the global
+    batch's mean loss), and its gradient, which reaches prompts[r] only. -> (R,) losses."""
+    with autocast():  # the frozen model; T5.encode prepends row r's prompt to row r's embeddings
+        losses = packed_loss(model, prompts, batch) / n_targets
+    scaler.scale(losses.sum()).backward()
+    return losses
+
+
 def clip_per_run(grad, max_norm):
     """Each run's gradient (R, n, d) clipped to its own norm, as torch's clip_grad_norm_ clips one run's
     (transformers Trainer's max_grad_norm). -> (R,) the norms before clipping."""
@@ -412,11 +422,7 @@ def train(config, model, tokenizer, tasks, inits, checkpoint, runs, resume=False
                 if len(mine):
                     batch = {k: v.to(device) for k, v in data.collate(train_tokens, mine).items()}
                     trained = prompts if len(running) == R else prompts[running]  # (A, n, d): A running
-                    with autocast():  # the frozen model; T5.encode prepends row r's prompt to row r's embeddings
-                        # this rank's summed losses / the global batch's target tokens: the ranks' gradients add
-                        # up to exactly the gradient of the global batch's mean loss
-                        losses = packed_loss(model, trained, batch) / n_targets  # (A,)
-                    state.scaler.scale(losses.sum()).backward()  # run r's loss reaches prompts[r] only
+                    losses = packed_backward(model, trained, batch, n_targets, autocast, state.scaler)  # (A,)
                 sum_over_ranks(prompts, losses, world)
                 state.scaler.unscale_(state.optimizer)
                 grad_norms = clip_per_run(prompts.grad, config.clip_norm)[running]  # (A,)
@@ -510,7 +516,7 @@ def stop_non_finite(state, running, losses, grad_norms, use_scaler, log):
     """A run whose loss or gradient is non-finite stops before its update, alone: its last good state stays and
     nothing non-finite reaches it (state.step_optimizer). (With fp16's gradient scaler an infinite gradient is
     expected now and then: the scaler skips that step.)"""
-    bad_loss, bad_grad = (~torch.isfinite(losses)).tolist(), (~torch.isfinite(grad_norms)).tolist()
+    bad_loss, bad_grad = (~torch.isfinite(torch.stack([losses, grad_norms]))).tolist()  # one device sync
     for i, r in enumerate(running):
         if bad_loss[i] or (bad_grad[i] and not use_scaler):
             what = "loss" if bad_loss[i] else "gradient"
