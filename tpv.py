@@ -61,11 +61,12 @@ def cmd_train(args):
             if run not in todo:
                 print(f"skipped {run.label}: finished ({run.paths.record})")
         model, tokenizer = load_model(args, device, command[0].config.dropout)
-        pack = train.same_on_all_ranks(args.pack or (args.resume and packs.stored_pack_size(command)) or
-                                       packs.default_pack(todo, command, model, tokenizer, device))
+        stored = args.resume and packs.stored_pack_size(command)  # a resumed pack keeps its size
+        pack = train.same_on_all_ranks(args.pack or stored or packs.default_pack(todo, command, model, tokenizer,
+                                                                                 device))
         if len(todo) > 1:
-            print(f"{len(todo)} runs, {min(pack, len(todo))} at a time" + (
-                "" if args.pack else " (the memory budget's largest pack; set it with --pack)"))
+            why = "--pack" if args.pack else "the checkpoint's --pack" if stored else "the memory budget's largest pack"
+            print(f"{len(todo)} runs, {min(pack, len(todo))} at a time ({why})")
         written, failures = packs.train_packs(todo, command, pack, model, tokenizer, device, args.scoring,
                                               args.resume, args.force, print if rank == 0 else lambda *a: None,
                                               rank, world)
