@@ -12,11 +12,8 @@ References (the "why" of every quirk is cited at the line that implements it):
     model = load_t5("models/t5-base")
     logits = model(input_ids, decoder_input_ids, attention_mask, prompt=prompt)   # (B, T_dec, vocab)
 """
-import contextlib
-import json
 import math
 import os
-import pickle
 import re
 from dataclasses import dataclass, fields
 
@@ -24,28 +21,14 @@ import sentencepiece
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-import files
-
-
-class CheckpointError(ValueError):
-    """A model folder or file the user pointed us to cannot be used; the message says how to fix it."""
+from checkpoints import (FRACTION, POSITIVE, TOKEN_ID, CheckpointError, build, check_fields, load_weights,
+                         model_file, model_folder, read_config, save_weights)
 
 
 # -----------------------------------------------------------------------------
 # config: the field names are the keys of Hugging Face's config.json
 
-def rule(check, allowed):
-    """A field's rule: the values check(value, config) accepts, and the same in words for error messages
-    (formatted with the config's fields)."""
-    return {"check": check, "allowed": allowed}
-
-
-POSITIVE = rule(lambda v, cfg: v > 0, "> 0")
-FRACTION = rule(lambda v, cfg: 0 <= v < 1, "in [0, 1)")
-TOKEN_ID = rule(lambda v, cfg: 0 <= v < cfg.vocab_size, "in [0, {vocab_size}) (below vocab_size)")
 RULES = {**dict.fromkeys(["vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                           "relative_attention_num_buckets", "relative_attention_max_distance", "layer_norm_epsilon"],
                          POSITIVE),
@@ -77,8 +60,7 @@ class T5Config:
     decoder_start_token_id: int = 0
 
     def __post_init__(self):
-        for f in fields(self):  # in declaration order: TOKEN_ID relies on vocab_size, declared first
-            setattr(self, f.name, checked_value(f, getattr(self, f.name), self))
+        check_fields(self, RULES)
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_layers
         # configuration_t5.py: "gated-gelu" -> gated, act "gelu_new" (kept for backward compatibility)
@@ -96,63 +78,10 @@ class T5Config:
 
     @classmethod
     def from_json(cls, path):
-        """Reads a Hugging Face config.json; keys that do not shape the network (architectures, ...) are ignored."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-            reason = e.strerror if isinstance(e, OSError) else e
-            raise CheckpointError(f"{path}: cannot read the model config ({reason}); copy config.json from the "
-                                  f"model's hub repo or run: python tpv.py download NAME") from None
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{path}: holds {json_text(raw)}, expected a JSON object of config keys; copy "
-                                  f"config.json from the model's hub repo or run: python tpv.py download NAME")
-        if raw.get("model_type", "t5") not in ("t5", "mt5"):
-            raise CheckpointError(f"{path}: model_type is {raw['model_type']!r}, but this program implements T5 only")
-        known = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: {e}; correct it there, or download the model again") from None
+        return read_config(cls, path, ("t5", "mt5"), "T5")
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-TYPE_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "a boolean (true or false)"}
-
-
-def checked_value(f, value, cfg):
-    """A config field's value as its declared type (an int given for a float becomes that float), or a
-    CheckpointError naming the key, what it holds and what the field takes."""
-    kinds = getattr(f.type, "__args__", (f.type,))  # `int | None` -> (int, NoneType): null is allowed
-    optional = type(None) in kinds
-    kind = next(k for k in kinds if k is not type(None))
-    if value is None and optional:
-        return value
-    typed = value
-    if kind is float and type(value) is int:  # JSON writes 1.0 as 1; an int beyond float range is infinite
-        typed = float(value) if abs(value) < 2 ** 1024 else math.inf
-    fits = type(typed) is kind  # exact: to isinstance a bool is an int, but JSON's true is not 1
-    if fits and kind is float:
-        fits = math.isfinite(typed)
-    field_rule = RULES.get(f.name, {})
-    if fits and field_rule:
-        fits = field_rule["check"](typed, cfg)
-    if not fits:
-        words = [TYPE_NAMES.get(kind, kind.__name__), field_rule.get("allowed", "").format(**vars(cfg)),
-                 "or null" if optional else ""]
-        raise CheckpointError(f"{f.name} is {json_text(value)}, expected {' '.join(w for w in words if w)}")
-    return typed
-
-
-def json_text(value, limit=40):
-    """A value as config.json spells it ("32", null, true), cut short: error messages stay one short line."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):  # a value given from Python, not read from JSON
-        text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def gelu_new(x):
@@ -326,7 +255,10 @@ class T5(nn.Module):
         self.encoder = Stack(cfg, self.shared, is_decoder=False)
         self.decoder = Stack(cfg, self.shared, is_decoder=True)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
             self.lm_head.weight = self.shared.weight
 
     @property
@@ -479,178 +411,21 @@ def dropout(x, rate, training):
 # -----------------------------------------------------------------------------
 # loading Hugging Face checkpoints (safetensors only)
 
-IGNORED_KEYS = {"decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"}  # HF ignores it too
-LOADABLE_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def embedding_aliases(cfg):
-    """Names under which a checkpoint may store the shared input embedding (HF _tied_weights_keys)."""
-    names = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
-    return names + (["lm_head.weight"] if cfg.tie_word_embeddings else [])
-
-
-def model_folder(path):
-    """path when it is a folder; else one line saying whether it is absent or a file."""
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise CheckpointError(f"{path} is a file, not a model folder; pass the folder that holds its config.json, "
-                              f"model.safetensors and spiece.model")
-    raise CheckpointError(f"{path}: no such model folder; get one with: python tpv.py download t5-base")
-
-
-def model_file(folder, name, what):
-    """folder/name, or one line naming the missing file (`what` says what it is) and how to get it."""
-    file = os.path.join(folder, name)
-    if not os.path.exists(file):  # one that exists but cannot be read is reported by its reader
-        raise missing_file(folder, name, what)
-    return file
-
-
-def missing_file(folder, name, what):
-    return CheckpointError(f"{folder} has no {name} ({what}); copy it from the model's hub repo or run: "
-                           f"python tpv.py download NAME")
-
-
-def checkpoint_files(path):
-    """The safetensors files of a model folder: model.safetensors, or the shards of its index."""
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            if not all(isinstance(s, str) for s in shards):
-                raise ValueError("weight_map values must be file names")
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:  # TypeError: unhashable values
-            raise CheckpointError(f"{index}: not a safetensors index ({e}); download the model again "
-                                  f"(python tpv.py download NAME)") from None
-        missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
-        if missing:
-            raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}; download the "
-                                  f"model again (python tpv.py download NAME)")
-        return [os.path.join(path, s) for s in shards]
-    single = os.path.join(path, "model.safetensors")
-    if os.path.exists(single):
-        return [single]
-    if any(os.path.exists(os.path.join(path, n)) for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        raise CheckpointError(f"{path} holds only pytorch_model.bin: tpv loads safetensors only, because pickle "
-                              f"files can run arbitrary code when loaded; convert it once with: "
-                              f"python tpv.py convert {path}")
-    raise missing_file(path, "model.safetensors", "the weights; or model.safetensors.index.json and its shards")
-
-
-def read_safetensors(shards):
-    tensors = {}
-    for file in shards:
-        try:
-            tensors.update(load_file(file))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{file}: unreadable safetensors file ({e}); delete it and download again") from None
-    return tensors
-
-
-def check_weights(model, tensors):
-    """Every problem with a checkpoint's tensors, as a list of strings (empty when it fits the model)."""
-    cfg, problems = model.config, []
-    expected = {name: p.shape for name, p in model.named_parameters()}  # tied weights appear once, as shared.weight
-    aliases = embedding_aliases(cfg)
-    present = [a for a in aliases if a in tensors]
-    if present:  # all copies of the tied embedding must agree
-        first = tensors[present[0]]
-        for a in present[1:]:
-            if tensors[a].shape != first.shape or not torch.equal(tensors[a], first):
-                problems.append(f"{a} differs from {present[0]} although the model ties them")
-        tensors = {**tensors, "shared.weight": first}
-    missing = [n for n in expected if n not in tensors]
-    if missing:
-        problems.append(f"{len(missing)} missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-    unexpected = sorted(set(tensors) - set(expected) - set(aliases) - IGNORED_KEYS)
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {', '.join(unexpected[:6])}"
-                        f"{' ...' if len(unexpected) > 6 else ''}")
-    for name, shape in expected.items():
-        t = tensors.get(name)
-        if t is None:
-            continue
-        if t.shape != shape:
-            problems.append(f"{name} has shape {tuple(t.shape)}, config.json implies {tuple(shape)}")
-        elif not t.is_floating_point():
-            problems.append(f"{name} has dtype {t.dtype}, expected a float")
-        elif not torch.isfinite(t).all():
-            problems.append(f"{name} holds NaN or infinite values")
-    return problems, tensors
-
-
-@contextlib.contextmanager
-def skipped_random_init():
-    """Inside, new nn.Linear and nn.Embedding modules (what T5 is built from) keep their weights as allocated,
-    without their random initialisation."""
-    initialisers = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding)}
-    for cls in initialisers:
-        cls.reset_parameters = lambda self: None
-    try:
-        yield
-    finally:
-        for cls, reset_parameters in initialisers.items():
-            cls.reset_parameters = reset_parameters
+IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)  # HF ignores it too
 
 
 def load_t5(path, device="cpu", dtype=torch.float32):
     """A Hugging Face T5 folder (config.json + safetensors) -> T5 in eval mode, every weight frozen."""
-    if dtype not in LOADABLE_DTYPES:
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}: T5 overflows in float16 "
-                         f"(transformers#9295); for fp16 speed use autocast over float32 weights")
     cfg = T5Config.from_json(model_file(model_folder(path), "config.json", "the model config"))
-    shards = checkpoint_files(path)
-    # Built on the meta device (shapes only, no memory) without random initialisation, then each weight is set to a
-    # copy of the file's. Computing on meta tensors (random init, to_empty) runs torch's Python reference code, whose
-    # first call imports torch's compiler (torch._dynamo, sympy): over a second of every command's start.
-    with torch.device("meta"), skipped_random_init():
-        model = T5(cfg)
-    problems, tensors = check_weights(model, read_safetensors(shards))
-    if problems:
-        raise CheckpointError(f"{path} does not fit its config.json: " + "; ".join(problems))
-    for name, _ in list(model.named_parameters()):  # tied weights appear once, as shared.weight
-        owner, attr = name.rsplit(".", 1)
-        # copy=True: safetensors maps the file, and a model holding the mapped tensors would change (or crash) when
-        # the file is rewritten
-        setattr(model.get_submodule(owner), attr, nn.Parameter(tensors[name].to(device, dtype, copy=True)))
-    if cfg.tie_word_embeddings:  # the head still holds the meta tensor it shared with the embedding
-        model.lm_head.weight = model.shared.weight
-    model.source = path
-    return model.eval().requires_grad_(False)
+    # the names under which a checkpoint may store the shared input embedding (HF _tied_weights_keys)
+    tied = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    return load_weights(build(T5, cfg), path, device, dtype, tied + ["lm_head.weight"] * cfg.tie_word_embeddings,
+                        IGNORED_KEYS)
 
 
 def save_t5(model, folder):
     """model.safetensors and config.json in Hugging Face's format (load_t5 and transformers read them back)."""
-    # named_parameters lists the tied embedding once, as shared.weight: safetensors refuses shared memory
-    save_file({k: v.detach().contiguous() for k, v in model.named_parameters()},
-              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"model_type": "t5", **model.config.to_dict()}, f, indent=1)
-
-
-def convert_bin(folder, force=False):
-    """pytorch_model.bin -> model.safetensors beside it, reading the pickle with weights_only=True (no code runs).
-    Returns (path written, tensors kept, tied duplicates dropped)."""
-    source, target = os.path.join(folder, "pytorch_model.bin"), os.path.join(folder, "model.safetensors")
-    if not os.path.isfile(source):
-        raise CheckpointError(f"{source}: no such file (sharded .bin checkpoints are not supported)")
-    files.refuse_existing(target, force, "model")
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"{source}: not a plain state dict of tensors ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise CheckpointError(f"{source}: not a plain state dict of tensors")
-    seen, tensors = set(), {}  # safetensors refuses tensors that share memory (tied embeddings): one per storage
-    for name, t in state.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key not in seen:
-            seen.add(key)
-            tensors[name] = t.contiguous()
-    files.atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    return target, len(tensors), len(state) - len(tensors)
+    save_weights(model, folder, {"model_type": "t5", **model.config.to_dict()})
 
 
 # -----------------------------------------------------------------------------

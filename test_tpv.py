@@ -285,7 +285,7 @@ def test_every_weight_problem_is_reported_together(checkpoints, tmp_path):
                  "1 unexpected: encoder.block.9.extra.weight",
                  "decoder.final_layer_norm.weight has shape (31,), config.json implies (32,)",
                  "encoder.block.0.layer.0.SelfAttention.q.weight holds NaN or infinite values",
-                 "decoder.embed_tokens.weight differs from shared.weight"):
+                 "shared.weight differs from decoder.embed_tokens.weight"):
         assert part in message
     assert "\n" not in message
 

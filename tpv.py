@@ -28,6 +28,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+import checkpoints
 import cli
 import data
 import evaluation
@@ -232,7 +233,7 @@ def cmd_info(args):
 
 
 def cmd_convert(args):
-    path, kept, dropped = model_t5.convert_bin(args.dir, args.force)
+    path, kept, dropped = checkpoints.convert_bin(args.dir, args.force)
     print(f"wrote {path}: {kept} tensors ({dropped} tied duplicates dropped)")
 
 

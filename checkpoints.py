@@ -1,0 +1,296 @@
+"""
+What both model families (model_t5.py, model_llama.py) share around their networks: reading and checking a
+Hugging Face config.json into a dataclass, and strict loading of safetensors checkpoints (one file or shards).
+
+    cfg = read_config(LlamaConfig, folder, RULES, ("llama",), "Llama")
+    with torch.device("meta"), skipped_random_init():
+        model = Llama(cfg)                      # shapes only, no memory, no random numbers
+    load_weights(model, folder, device, dtype, tied_names)
+
+Loading copies one tensor at a time out of safetensors' memory map, so the host never holds more than the loaded
+weights plus the tensor being copied (an 8B model loads to the GPU without 16 GB of host memory).
+"""
+import contextlib
+import json
+import math
+import os
+import pickle
+from dataclasses import fields
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+import files
+
+
+class CheckpointError(ValueError):
+    """A model folder or file the user pointed us to cannot be used; the message says how to fix it."""
+
+
+LOADABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+# -----------------------------------------------------------------------------
+# config.json -> a dataclass whose field names are config.json's keys
+
+
+def rule(check, allowed):
+    """A field's rule: the values check(value, config) accepts, and the same in words for error messages
+    (formatted with the config's fields)."""
+    return {"check": check, "allowed": allowed}
+
+
+POSITIVE = rule(lambda v, cfg: v > 0, "> 0")
+FRACTION = rule(lambda v, cfg: 0 <= v < 1, "in [0, 1)")
+TOKEN_ID = rule(lambda v, cfg: 0 <= v < cfg.vocab_size, "in [0, {vocab_size}) (below vocab_size)")
+TYPE_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "a boolean (true or false)",
+              dict: "a JSON object", list: "a list"}
+
+
+def check_fields(cfg, rules):
+    """Every field of a config dataclass as its declared type, in declaration order (a rule may use an earlier
+    field: TOKEN_ID reads vocab_size)."""
+    for f in fields(cfg):
+        setattr(cfg, f.name, checked_value(f, getattr(cfg, f.name), cfg, rules))
+
+
+def checked_value(f, value, cfg, rules):
+    """A config field's value as its declared type (an int given for a float becomes that float), or a
+    CheckpointError naming the key, what it holds and what the field takes."""
+    kinds = getattr(f.type, "__args__", (f.type,))  # `int | None` -> (int, NoneType): null is allowed
+    optional = type(None) in kinds
+    kind = next(k for k in kinds if k is not type(None))
+    if value is None and optional:
+        return value
+    typed = value
+    if kind is float and type(value) is int:  # JSON writes 1.0 as 1; an int beyond float range is infinite
+        typed = float(value) if abs(value) < 2 ** 1024 else math.inf
+    fits = type(typed) is kind  # exact: to isinstance a bool is an int, but JSON's true is not 1
+    if fits and kind is float:
+        fits = math.isfinite(typed)
+    field_rule = rules.get(f.name, {})
+    if fits and field_rule:
+        fits = field_rule["check"](typed, cfg)
+    if not fits:
+        words = [TYPE_NAMES.get(kind, kind.__name__), field_rule.get("allowed", "").format(**vars(cfg)),
+                 "or null" if optional else ""]
+        raise CheckpointError(f"{f.name} is {json_text(value)}, expected {' '.join(w for w in words if w)}")
+    return typed
+
+
+def json_text(value, limit=40):
+    """A value as config.json spells it ("32", null, true), cut short: error messages stay one short line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # a value given from Python, not read from JSON
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_config_json(path):
+    """config.json -> dict, or one line saying why not."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        reason = e.strerror if isinstance(e, OSError) else e
+        raise CheckpointError(f"{path}: cannot read the model config ({reason}); copy config.json from the "
+                              f"model's hub repo or run: python tpv.py download NAME") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: holds {json_text(raw)}, expected a JSON object of config keys; copy "
+                              f"config.json from the model's hub repo or run: python tpv.py download NAME")
+    return raw
+
+
+def model_type(path):
+    """config.json's model_type ("t5" when absent, as old T5 configs are)."""
+    return read_config_json(path).get("model_type", "t5")
+
+
+def read_config(cls, path, model_types, family):
+    """A Hugging Face config.json -> cls; keys that do not shape the network (architectures, ...) are ignored."""
+    raw = read_config_json(path)
+    if raw.get("model_type", "t5") not in model_types:
+        raise CheckpointError(f"{path}: model_type is {json_text(raw.get('model_type'))}, but this loader implements "
+                              f"{family} only")
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in raw.items() if k in known})
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}; correct it there, or download the model again") from None
+
+
+# -----------------------------------------------------------------------------
+# model folders and their files
+
+def model_folder(path):
+    """path when it is a folder; else one line saying whether it is absent or a file."""
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{path} is a file, not a model folder; pass the folder that holds its config.json, "
+                              f"its safetensors weights and its tokenizer")
+    raise CheckpointError(f"{path}: no such model folder; get one with: python tpv.py download t5-base")
+
+
+def model_file(folder, name, what):
+    """folder/name, or one line naming the missing file (`what` says what it is) and how to get it."""
+    file = os.path.join(folder, name)
+    if not os.path.exists(file):  # one that exists but cannot be read is reported by its reader
+        raise missing_file(folder, name, what)
+    return file
+
+
+def missing_file(folder, name, what):
+    return CheckpointError(f"{folder} has no {name} ({what}); copy it from the model's hub repo or run: "
+                           f"python tpv.py download NAME")
+
+
+def checkpoint_files(path):
+    """The safetensors files of a model folder: model.safetensors, or the shards of its index."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            if not all(isinstance(s, str) for s in shards):
+                raise ValueError("weight_map values must be file names")
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:  # TypeError: unhashable values
+            raise CheckpointError(f"{index}: not a safetensors index ({e}); download the model again "
+                                  f"(python tpv.py download NAME)") from None
+        missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
+        if missing:
+            raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}; download the "
+                                  f"model again (python tpv.py download NAME)")
+        return [os.path.join(path, s) for s in shards]
+    single = os.path.join(path, "model.safetensors")
+    if os.path.exists(single):
+        return [single]
+    if any(os.path.exists(os.path.join(path, n)) for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise CheckpointError(f"{path} holds only pytorch_model.bin: tpv loads safetensors only, because pickle "
+                              f"files can run arbitrary code when loaded; convert it once with: "
+                              f"python tpv.py convert {path}")
+    raise missing_file(path, "model.safetensors", "the weights; or model.safetensors.index.json and its shards")
+
+
+# -----------------------------------------------------------------------------
+# weights
+
+@contextlib.contextmanager
+def skipped_random_init():
+    """Inside, new nn.Linear and nn.Embedding modules (what both networks are built from) keep their weights as
+    allocated, without their random initialisation."""
+    initialisers = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding)}
+    for cls in initialisers:
+        cls.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        for cls, reset_parameters in initialisers.items():
+            cls.reset_parameters = reset_parameters
+
+
+def build(model_class, cfg):
+    """The network on the meta device (shapes only, no memory) and without random initialisation: computing on
+    meta tensors (random init, to_empty) runs torch's Python reference code, whose first call imports torch's
+    compiler (torch._dynamo, sympy): over a second of every command's start."""
+    with torch.device("meta"), skipped_random_init():
+        return model_class(cfg)
+
+
+def load_weights(model, path, device, dtype, tied_names=(), ignored=()):
+    """Fills a model built by build() with the tensors of path's safetensors files, one tensor at a time.
+
+    tied_names: the names under which a checkpoint may store the one embedding the model ties (its own name
+    first); ignored: names Hugging Face also ignores. Every problem (missing, unexpected, wrong shape, not a
+    float, NaN, tied copies that differ) is collected and reported together in one CheckpointError.
+    """
+    if dtype not in LOADABLE_DTYPES:
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}: for fp16 speed use autocast over "
+                         f"float32 weights (T5 overflows in float16: transformers#9295)")
+    expected = {name: p.shape for name, p in model.named_parameters()}  # tied weights appear once
+    loaded, stored_as, problems, unexpected = {}, {}, [], []
+    for file in checkpoint_files(path):
+        try:
+            with safe_open(file, framework="pt") as f:
+                for key in sorted(f.keys()):
+                    name = tied_names[0] if key in tied_names else key
+                    if name not in expected or key in ignored:
+                        unexpected += [] if key in ignored else [key]
+                        continue
+                    # a view of safetensors' memory map: its pages are read now and released when it is dropped
+                    tensor = f.get_tensor(key)
+                    problem = tensor_problem(key, tensor, expected[name])
+                    stored_as.setdefault(name, key)
+                    if problem:
+                        problems.append((name, problem))
+                        continue
+                    # copy: a model holding the mapped tensors would change (or crash) when the file is rewritten
+                    value = tensor.to(device, dtype, copy=True)
+                    del tensor
+                    if name not in loaded:
+                        loaded[name] = value
+                    elif not torch.equal(loaded[name], value):
+                        problems.append((name, f"{key} differs from {stored_as[name]} although the model ties them"))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file}: unreadable safetensors file ({e}); delete it and download again") from None
+    order = list(expected)
+    problems = [p for _, p in sorted(problems, key=lambda named: order.index(named[0]))]  # in the model's order
+    missing = [n for n in expected if n not in stored_as]
+    problems[:0] = [f"{len(missing)} missing: {listing(missing)}"] if missing else []
+    problems += [f"{len(unexpected)} unexpected: {listing(sorted(unexpected))}"] if unexpected else []
+    if problems:
+        raise CheckpointError(f"{path} does not fit its config.json: " + "; ".join(problems))
+    for name, value in loaded.items():
+        owner, attr = name.rsplit(".", 1)
+        setattr(model.get_submodule(owner), attr, nn.Parameter(value, requires_grad=False))
+    model.tie_weights()  # a tied head still holds the meta tensor it shared with the embedding
+    model.source = path
+    return model.eval().requires_grad_(False)
+
+
+def tensor_problem(key, tensor, shape):
+    if tensor.shape != shape:
+        return f"{key} has shape {tuple(tensor.shape)}, config.json implies {tuple(shape)}"
+    if not tensor.is_floating_point():
+        return f"{key} has dtype {tensor.dtype}, expected a float"
+    if not torch.isfinite(tensor).all():
+        return f"{key} holds NaN or infinite values"
+    return None
+
+
+def listing(names, shown=6):
+    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
+
+
+def save_weights(model, folder, config):
+    """model.safetensors and config.json in Hugging Face's format (our loaders and transformers read them back)."""
+    # named_parameters lists a tied embedding once: safetensors refuses tensors that share memory
+    save_file({k: v.detach().contiguous() for k, v in model.named_parameters()},
+              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1)
+
+
+def convert_bin(folder, force=False):
+    """pytorch_model.bin -> model.safetensors beside it, reading the pickle with weights_only=True (no code runs).
+    Returns (path written, tensors kept, tied duplicates dropped)."""
+    source, target = os.path.join(folder, "pytorch_model.bin"), os.path.join(folder, "model.safetensors")
+    if not os.path.isfile(source):
+        raise CheckpointError(f"{source}: no such file (sharded .bin checkpoints are not supported)")
+    files.refuse_existing(target, force, "model")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        raise CheckpointError(f"{source}: not a plain state dict of tensors ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{source}: not a plain state dict of tensors")
+    seen, tensors = set(), {}  # safetensors refuses tensors that share memory (tied embeddings): one per storage
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            tensors[name] = t.contiguous()
+    files.atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    return target, len(tensors), len(state) - len(tensors)
