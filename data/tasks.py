@@ -29,6 +29,24 @@ class Task:
     def source(self, example):
         return self.template.format(**example)
 
+    @property
+    def words(self):
+        """The label words of the instruct (decoder-only) format: with spaces ("not entailment"), as the official
+        LLM tasks spell them; STS-B's 26 scores 0.0, 0.2, ..., 5.0 (its targets' grid)."""
+        if not self.labels:
+            return tuple(f"{i / 5:.1f}" for i in range(26))
+        return tuple(w.replace("_", " ") for w in self.labels)
+
+    def instruct(self, example):
+        """The user message of the instruct format (official CausalLM.formater): the instruction naming the label
+        words, one "field: text" line per input, then "label: " for the model to complete."""
+        instruction, lines = INSTRUCT[self.name]
+        return "\n".join([instruction.format(labels=", ".join(self.words)), lines.format(**example)]) + "\nlabel: "
+
+    def answer(self, example):
+        """The target of the instruct format: the label word with spaces."""
+        return self.target(example) if not self.labels else self.words[example[self.label_field]]
+
     def target(self, example):
         value = example[self.label_field]
         if not self.labels:  # STS-B: the score rounded to the nearest 0.2, written with one decimal
@@ -85,6 +103,42 @@ TASKS = {t.name: t for t in [
     Task("stsb", "stsb sentence1: {sentence1} sentence2: {sentence2}", (), "label", ("sentence1", "sentence2"),
          "small", "validation", "glue_stsb"),
 ]}
+
+
+# The instruct format of the decoder-only models (official tasks/tasks.py *_text_instruct): the instruction and the
+# input lines. The official code has these for the first 11 tasks; the 6 few-shot targets (no LLM runs in the
+# paper) follow the same pattern here (README).
+REPLY = "Reply only the corresponding label."
+INSTRUCT = {
+    "mnli": (f"Classify the premise and hypothesis pair into labels: {{labels}}. {REPLY}",
+             "premise: {premise}\nhypothesis: {hypothesis}"),
+    "qnli": (f"Classify the question and sentence pair into labels: {{labels}}. {REPLY}",
+             "question: {question}\nsentence: {sentence}"),
+    "sst2": (f"Classify the sentence into labels: {{labels}}. {REPLY}", "sentence: {sentence}"),
+    "yelp_polarity": (f"Classify the sentence into labels: {{labels}}. {REPLY}", "sentence: {text}"),
+    "dbpedia": (f"Classify the title and content pair into labels: {{labels}}. {REPLY}",
+                "title: {title}\ncontent: {content}"),
+    "trec": (f"Classify the question into labels: {{labels}}. {REPLY}", "question: {text}"),
+    "qqp": (f"Classify the question1 and question2 pair into following labels: {{labels}}. {REPLY}",
+            "question1: {question1}\nquestion2: {question2}"),
+    "mrpc": (f"Classify the sentence1 and sentence2 pair into labels: {{labels}}. {REPLY}",
+             "sentence1: {sentence1}\nsentence2: {sentence2}"),
+    "rte": (f"Classify the sentence1 and sentence2 pair into labels: {{labels}}. {REPLY}",
+            "sentence1: {sentence1}\nsentence2: {sentence2}"),
+    "cola": (f"Classify the sentence into labels: {{labels}}. {REPLY}", "sentence: {sentence}"),
+    "stsb": (f"Classify the sentence1 and sentence2 pair into labels: {{labels}}. {REPLY}",
+             "sentence1: {sentence1}\nsentence2: {sentence2}"),
+    # ours, in the official pattern
+    "scitail": (f"Classify the premise and hypothesis pair into labels: {{labels}}. {REPLY}",
+                "premise: {premise}\nhypothesis: {hypothesis}"),
+    "snli": (f"Classify the premise and hypothesis pair into labels: {{labels}}. {REPLY}",
+             "premise: {premise}\nhypothesis: {hypothesis}"),
+    "ag_news": (f"Classify the text into labels: {{labels}}. {REPLY}", "text: {text}"),
+    "yahoo": (f"Classify the title, content and answer into labels: {{labels}}. {REPLY}",
+              "title: {question_title}\ncontent: {question_content}\nanswer: {best_answer}"),
+    "imdb": (f"Classify the sentence into labels: {{labels}}. {REPLY}", "sentence: {text}"),
+    "sst5": (f"Classify the sentence into labels: {{labels}}. {REPLY}", "sentence: {text}"),
+}
 
 
 class DataError(ValueError):

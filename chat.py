@@ -1,0 +1,84 @@
+"""
+The chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat, written out by hand (no jinja2 at run time).
+
+`render` gives the text that transformers' `apply_chat_template(messages, tokenize=False,
+add_generation_prompt=answer is None)` renders with each model's own chat_template from tokenizer_config.json, for
+one user turn and an optional answer. The bos text is kept as the template writes it: the tokenizer maps it to its
+id as an added token (bpe.py).
+
+    fmt = chat_format("models/Llama-3.1-8B-Instruct")     # "llama3"
+    render(fmt, "Is this review positive?")               # the prompt, ending with the assistant header
+    render(fmt, "Is this review positive?", "yes")        # prompt + answer + answer_end(fmt)
+
+Templates (the test pastes them verbatim and compares with transformers):
+- meta-llama/Llama-3.1-8B-Instruct (July 2024): always a system header with "Cutting Knowledge Date: December 2023"
+  and "Today Date: 26 Jul 2024" when no date_string is passed; every message's content goes through `| trim`.
+- deepseek-ai/deepseek-llm-7b-chat: "{{ bos_token }}", then 'User: ' + content + '\\n\\n', 'Assistant: ' +
+  content + eos_token, and 'Assistant:' (no space) as the generation prompt; no trimming.
+"""
+import json
+import os
+
+LLAMA3_BOS = "<|begin_of_text|>"
+DEEPSEEK_BOS, DEEPSEEK_EOS = "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"
+LLAMA3_SYSTEM = ("<|start_header_id|>system<|end_header_id|>\n\n"
+                 "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>")
+
+
+class ChatError(ValueError):
+    """A tokenizer_config.json whose chat format tpv does not implement; the message is one line."""
+
+
+def chat_format(config):
+    """A model folder, a tokenizer_config.json path or its parsed dict -> "llama3" or "deepseek", recognised by
+    markers in its chat_template."""
+    name = "tokenizer_config.json"
+    if isinstance(config, str):
+        name = os.path.join(config, name) if os.path.isdir(config) else config
+        try:
+            with open(name, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ChatError(f"{name}: cannot read the chat template ({type(e).__name__}); download the model's "
+                            f"tokenizer_config.json again") from None
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...] in some files
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    template = template or ""
+    if "<|start_header_id|>" in template and "Cutting Knowledge Date" in template:
+        return "llama3"
+    if "'User: ' + message['content']" in template and "'Assistant: ' + message['content'] + eos_token" in template:
+        return "deepseek"
+    raise ChatError(f"{name}: {'no chat_template' if not template else 'an unknown chat_template'}; tpv implements "
+                    f"the chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat only")
+
+
+def render(fmt, user, answer=None):
+    """One user turn (and the assistant's answer, if given) as the model's chat template writes it; without an
+    answer it ends with the generation prompt."""
+    if fmt == "llama3":
+        text = f"{LLAMA3_BOS}{LLAMA3_SYSTEM}<|start_header_id|>user<|end_header_id|>\n\n{user.strip()}<|eot_id|>"
+        head = "<|start_header_id|>assistant<|end_header_id|>\n\n"  # jinja's trim is Python's str.strip
+        return text + head + (answer.strip() + answer_end(fmt) if answer is not None else "")
+    if fmt == "deepseek":
+        text = f"{DEEPSEEK_BOS}User: {user}\n\n"
+        return text + (f"Assistant: {answer}{answer_end(fmt)}" if answer is not None else "Assistant:")
+    raise ChatError(f"chat format {fmt!r} is not implemented; use llama3 or deepseek")
+
+
+def answer_end(fmt):
+    """The text that closes an assistant turn; the loss covers the answer and this."""
+    if fmt not in ("llama3", "deepseek"):
+        raise ChatError(f"chat format {fmt!r} is not implemented; use llama3 or deepseek")
+    return "<|eot_id|>" if fmt == "llama3" else DEEPSEEK_EOS
+
+
+# A chat template that renders one user turn and its answer as Llama-3.1-Instruct's does (no system message, no
+# tools), for the tokenizer_config.json of `tpv.py tiny-model --family llama`: smoke runs need a chat format, and
+# transformers reads this one too.
+LLAMA3_SHORT_TEMPLATE = (
+    "{{- bos_token }}{{- '" + LLAMA3_SYSTEM.replace("\n", "\\n") + "' }}"
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+    "message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+LLAMA3_SPECIAL = {"bos_token": LLAMA3_BOS, "eos_token": answer_end("llama3")}
