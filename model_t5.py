@@ -248,6 +248,8 @@ def additive_mask(allowed, dtype):
 
 
 class T5(nn.Module):
+    family = "t5"
+
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
@@ -265,6 +267,13 @@ class T5(nn.Module):
     def dtype(self):
         return self.shared.weight.dtype
 
+    @property
+    def width(self):
+        return self.config.d_model  # the width of a prompt vector
+
+    def input_embedding(self):
+        return self.shared.weight  # (V, d): origins are rows of it
+
     def encode(self, input_ids, attention_mask=None, prompt=None):
         """(B, S) token ids [+ soft prompt (n, d) or (B, n, d)] -> hidden (B, n+S, d) and its mask (B, n+S)."""
         B, S = input_ids.shape
@@ -272,19 +281,12 @@ class T5(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         h = self.shared(input_ids)  # (B, S, d); T5 does not scale embeddings by sqrt(d)
         if prompt is not None:  # prompt tuning (Lester et al. 2021; PEFT peft_model.py): prepend, extend the mask
-            prompt = self.check_prompt(prompt, B).to(h.dtype)
+            prompt = check_prompt(prompt, B, self.width).to(h.dtype)
             h = torch.cat([prompt.expand(B, -1, -1), h], dim=1)  # (B, n+S, d)
             attention_mask = torch.cat([attention_mask.new_ones(B, prompt.shape[-2]), attention_mask], dim=1)
         pos = torch.arange(h.shape[1], device=h.device)  # prompt vectors take positions 0..n-1, as in PEFT
         bias = self.encoder.position_bias(pos, pos) + additive_mask(attention_mask[:, None, None, :], self.dtype)
         return self.encoder(h, bias), attention_mask  # bias: (1, H, S, S) + (B, 1, 1, S) -> (B, H, S, S)
-
-    def check_prompt(self, prompt, batch_size):
-        d = self.config.d_model
-        ok = prompt.dim() == 2 or (prompt.dim() == 3 and prompt.shape[0] in (1, batch_size))
-        if not ok or prompt.shape[-1] != d:
-            raise ValueError(f"prompt must be (n, {d}) or ({batch_size}, n, {d}), got {tuple(prompt.shape)}")
-        return prompt
 
     def cross_keys_values(self, encoder_hidden):
         """Keys/values of the encoder output for every decoder block: computed once per input, reused per step.
@@ -315,6 +317,14 @@ class T5(nn.Module):
     def forward(self, input_ids, decoder_input_ids, attention_mask=None, prompt=None):
         encoder_hidden, encoder_mask = self.encode(input_ids, attention_mask, prompt)
         return self.decode(decoder_input_ids, self.cross_keys_values(encoder_hidden), encoder_mask)
+
+
+def check_prompt(prompt, batch_size, d):
+    """A soft prompt is (n, d), or (B, n, d) with one prompt per example (or one for all)."""
+    ok = prompt.dim() == 2 or (prompt.dim() == 3 and prompt.shape[0] in (1, batch_size))
+    if not ok or prompt.shape[-1] != d:
+        raise ValueError(f"prompt must be (n, {d}) or ({batch_size}, n, {d}), got {tuple(prompt.shape)}")
+    return prompt
 
 
 def set_dropout(model, rate):

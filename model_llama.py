@@ -1,0 +1,398 @@
+"""
+A hand-written Llama decoder that computes exactly what Hugging Face's `LlamaForCausalLM` computes with the same
+weights: Llama-3.1-8B-Instruct, Llama-3.2 (tied head, head_dim set) and DeepSeek-LLM-7B-Chat (Llama architecture,
+multi-head attention) all load into it. Around the network: a soft prompt placed before the input tokens, greedy
+decoding with a key/value cache on left-padded batches, scoring of label sequences, and the tokenizer (bpe.py).
+
+References (the "why" of every quirk is cited at the line that implements it):
+- Touvron et al. 2023 (LLaMA); Dubey et al. 2024, "The Llama 3 Herd of Models" (rope scaling, grouped queries).
+- transformers `models/llama/modeling_llama.py` and `modeling_rope_utils.py` (v4.57), the oracle of our tests.
+- PEFT `PeftModelForCausalLM` prompt tuning: the virtual tokens go before every input token, BOS included.
+
+    model = load_llama("models/Llama-3.1-8B-Instruct", device="cuda", dtype=torch.bfloat16)
+    logits = model(input_ids, attention_mask, prompt=prompt)     # (B, T, vocab)
+"""
+import math
+import os
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+import bpe
+import chat
+from checkpoints import (POSITIVE, CheckpointError, build, check_fields, load_weights, model_file, model_folder,
+                         read_config, rule, save_weights)
+import model_t5  # shared small pieces: the soft prompt's shape check, the additive attention mask
+
+# -----------------------------------------------------------------------------
+# config: the field names are the keys of Hugging Face's config.json
+
+TOKEN_IDS = rule(lambda v, cfg: all(type(i) is int and 0 <= i < cfg.vocab_size for i in v),
+                 "of token ids in [0, {vocab_size})")
+OPTIONAL_TOKEN_ID = rule(lambda v, cfg: 0 <= v < cfg.vocab_size, "in [0, {vocab_size}) (below vocab_size)")
+RULES = {**dict.fromkeys(["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta",
+                          "max_position_embeddings"], POSITIVE),
+         **dict.fromkeys(["bos_token_id", "pad_token_id"], OPTIONAL_TOKEN_ID), "eos_token_id": TOKEN_IDS}
+ROPE_TYPES = {"default": (), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                        "original_max_position_embeddings")}
+
+
+@dataclass
+class LlamaConfig:
+    """Checked like T5Config: a wrong value in config.json fails here, naming the key."""
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: as many as num_attention_heads (multi-head attention)
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads; Llama-3.2 sets it
+    hidden_act: str = "silu"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # {"rope_type": "llama3", "factor": 8.0, ...} for Llama 3.1
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False  # Llama-3.2-1B/3B tie the head to the input embedding
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: list | None = None  # config.json holds an int or a list (Llama 3.1: end of text, eom, eot)
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if type(self.eos_token_id) is int:
+            self.eos_token_id = [self.eos_token_id]
+        check_fields(self, RULES)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise CheckpointError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                                  f"num_key_value_heads {self.num_key_value_heads}: every key/value head must serve "
+                                  f"the same number of query heads")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise CheckpointError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                                      f"{self.num_attention_heads}, and no head_dim is given")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.head_dim % 2:
+            raise CheckpointError(f"head_dim {self.head_dim} is odd: rotary positions rotate pairs of features")
+        if self.hidden_act != "silu":
+            raise CheckpointError(f"hidden_act {self.hidden_act!r} is not supported (Llama uses 'silu')")
+        scaling = self.rope_scaling or {}
+        kind = scaling.get("rope_type", scaling.get("type", "default"))  # older configs name it "type"
+        if kind not in ROPE_TYPES:
+            raise CheckpointError(f"rope_scaling rope_type {kind!r} is not implemented (tpv implements "
+                                  f"{', '.join(ROPE_TYPES)})")
+        bad = [k for k in ROPE_TYPES[kind] if type(scaling.get(k)) not in (int, float) or not scaling[k] > 0]
+        if bad:
+            raise CheckpointError(f"rope_scaling of type {kind} needs positive numbers for {', '.join(bad)}")
+
+    @classmethod
+    def from_json(cls, path):
+        return read_config(cls, path, ("llama",), "Llama (Llama 3, DeepSeek-LLM)")
+
+    def to_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# -----------------------------------------------------------------------------
+# the network; module names make state_dict() keys equal Hugging Face's
+
+class RMSNorm(model_t5.RMSNorm):
+    """LlamaRMSNorm: T5's weight and eps, but the normalised x goes back to the input dtype *before* the scale."""
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)  # variance (B, T, 1) in fp32
+        return self.weight * x.to(dtype)
+
+
+def rope_frequencies(cfg, device):
+    """The (head_dim / 2,) rotation frequencies, with Llama 3's scaling (modeling_rope_utils.py
+    _compute_llama3_parameters): long wavelengths are slowed by `factor`, short ones kept, those between blended."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+    scaling = cfg.rope_scaling or {}
+    if scaling.get("rope_type", scaling.get("type")) != "llama3":
+        return inv_freq
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_context / high) * ~(wavelen > old_context / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(cfg, positions, dtype):
+    """(B, T) integer positions -> cos, sin (B, T, head_dim) in dtype; computed in fp32 as LlamaRotaryEmbedding
+    does (its matmul of (dim/2, 1) by (1, T) is one product per element: the same as this outer product)."""
+    frequencies = rope_frequencies(cfg, positions.device)  # (dim/2,)
+    angles = positions[..., None].float() * frequencies  # (B, T, 1) * (dim/2,) -> (B, T, dim/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (B, T, dim): the two halves of a head share frequencies
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x, cos, sin):
+    """modeling_llama.py apply_rotary_pos_emb: feature i pairs with i + dim/2 (the "rotate_half" layout of HF's
+    converted checkpoints, not the interleaved pairs of Meta's original code)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]  # cos, sin (B, T, dim) -> (B, 1, T, dim) over the heads
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        d, H, KV, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(d, H * hd, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(d, KV * hd, bias=cfg.attention_bias)  # grouped-query: fewer key/value heads
+        self.v_proj = nn.Linear(d, KV * hd, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(H * hd, d, bias=cfg.attention_bias)
+        self.n_heads, self.n_kv_heads, self.head_dim = H, KV, hd
+
+    def forward(self, x, cos, sin, bias, past_kv=None):
+        """x (B, T, d) -> (B, T, d) and this layer's keys/values (B, KV, past+T, hd), the decoding cache.
+        bias: None for a causal pass over right-padded rows, else an additive (B, 1, T, past+T) mask."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, T, H*hd) -> (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if past_kv is not None:
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (B, KV, past+T, hd)
+        # softmax(q k^T / sqrt(hd) + bias) v; each key/value head serves H/KV query heads (enable_gqa), as repeat_kv
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None,
+                                             scale=self.head_dim ** -0.5, enable_gqa=self.n_heads != self.n_kv_heads)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, H, T, hd) -> (B, T, H*hd)
+        return self.o_proj(out), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU (Shazeer 2020)
+
+
+class Layer(nn.Module):
+    """Pre-norm residual block: self-attention, then the SwiGLU feed-forward."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h, cos, sin, bias, past_kv=None):
+        attended, kv = self.self_attn(self.input_layernorm(h), cos, sin, bias, past_kv)
+        h = h + attended
+        return h + self.mlp(self.post_attention_layernorm(h)), kv
+
+
+class Decoder(nn.Module):
+    """LlamaModel: the embedding, the layers and the final norm (HF's `model.` prefix of every key)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)  # not scaled by sqrt(d), unlike Gemma
+        self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Llama(nn.Module):
+    family = "llama"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.checkpointing = False  # --checkpointing: recompute each layer in the backward pass
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def dtype(self):
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def width(self):
+        return self.config.hidden_size  # the width of a prompt vector
+
+    def input_embedding(self):
+        return self.model.embed_tokens.weight  # (V, d): origins are rows of it
+
+    def embed(self, input_ids, attention_mask=None, prompt=None):
+        """(B, T) ids [+ soft prompt (n, d) or (B, n, d)] -> embeddings (B, n+T, d) and their mask (B, n+T)."""
+        B = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        h = self.model.embed_tokens(input_ids)  # (B, T, d)
+        if prompt is not None:  # PEFT prompt tuning: prepend, mask ones; cast where the fp32 prompt joins bf16 weights
+            prompt = model_t5.check_prompt(prompt, B, self.width).to(h.dtype)
+            h = torch.cat([prompt.expand(B, -1, -1), h], dim=1)  # (B, n+T, d)
+            attention_mask = torch.cat([attention_mask.new_ones(B, prompt.shape[-2]), attention_mask], dim=1)
+        return h, attention_mask
+
+    def run(self, h, positions, bias, cache=None):
+        """Embeddings (B, T, d) at positions (B, T) -> final hidden states (B, T, d). cache: None, or a list of
+        per-layer (k, v) (None before the first call), updated in place."""
+        cos, sin = rope_cos_sin(self.config, positions, h.dtype)
+        for i, layer in enumerate(self.model.layers):
+            past = cache[i] if cache is not None else None
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                h, kv = checkpoint(layer, h, cos, sin, bias, past, use_reentrant=False)
+            else:
+                h, kv = layer(h, cos, sin, bias, past)
+            if cache is not None:
+                cache[i] = kv
+        return self.model.norm(h)
+
+    def states(self, input_ids, attention_mask=None, prompt=None):
+        """Final hidden states (B, n+T, d) of the prompt's n positions and the T tokens."""
+        h, mask = self.embed(input_ids, attention_mask, prompt)
+        right_padded = bool((mask.cummin(dim=1).values == mask).all())  # ones, then only pads
+        # right padding needs no mask: a causal token never sees the pads after it (and the fused causal kernel
+        # is the fastest); any other padding gets the causal mask and the key mask, as the most negative float
+        # and not -inf: a left pad's query row, with nothing allowed, stays finite instead of spreading NaN (as HF)
+        bias = None if right_padded else model_t5.additive_mask(causal(mask), h.dtype)
+        return self.run(h, positions_from(mask), bias)
+
+    def forward(self, input_ids, attention_mask=None, prompt=None):
+        h = self.states(input_ids, attention_mask, prompt)[:, -input_ids.shape[1]:]  # the T token positions
+        return self.lm_head(h)  # (B, T, d) @ (d, V) -> (B, T, V)
+
+
+def token_losses(model, input_ids, attention_mask, labels, prompt):
+    """(B, T) cross-entropy of each label token given everything before it, 0 where the label is -100; in fp32.
+
+    As a causal LM's loss with PEFT prompt tuning: token t is predicted from the state at the position before it,
+    so the first token (begin-of-text) is predicted from the prompt's last vector. The vocabulary projection is
+    made only where there is a label (with --loss answer, a few tokens of the sequence).
+    """
+    if prompt is None:
+        raise ValueError("token_losses needs a prompt: the first token is predicted from its last vector")
+    states = model.states(input_ids, attention_mask, prompt)  # (B, n+T, d)
+    before = states[:, -input_ids.shape[1] - 1:-1]  # (B, T, d): the state before each token
+    picked = labels != -100  # (B, T)
+    logits = model.lm_head(before[picked])  # (N, d) @ (d, V) -> (N, V)
+    losses = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    losses[picked] = F.cross_entropy(logits.float(), labels[picked], reduction="none")
+    return losses
+
+
+def positions_from(mask):
+    """Positions from the mask, as transformers' generate does: each row counts only its real tokens (left pads
+    do not shift them), so a padded row is computed as it would be alone. Pads get 1 (prepare_inputs_for_generation)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, T)
+
+
+def causal(mask, n_queries=None):
+    """(B, K) key mask -> (B, 1, Q, K) bool: the last Q positions each see the keys at or before them."""
+    K = mask.shape[1]
+    Q = K if n_queries is None else n_queries
+    query = torch.arange(K - Q, K, device=mask.device)  # (Q,)
+    allowed = torch.arange(K, device=mask.device)[None, :] <= query[:, None]  # (Q, K)
+    return allowed[None, None] & mask[:, None, None, :].bool()  # (1, 1, Q, K) & (B, 1, 1, K)
+
+
+# -----------------------------------------------------------------------------
+# decoding and scoring (used by evaluation)
+
+@torch.no_grad()
+def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_tokens=16):
+    """Greedy decoding with a key/value cache on a left-padded batch: (B, S) -> (B, <= max_new_tokens) new ids,
+    pad (or EOS when the model has no pad id) after each end token. Same output as Hugging Face `generate(
+    do_sample=False)` with the prompt prepended to every row as PEFT does."""
+    cfg = model.config
+    h, mask = model.embed(input_ids, attention_mask, prompt)
+    cache, out = [None] * cfg.num_hidden_layers, []
+    stop = torch.tensor(cfg.eos_token_id or [], device=input_ids.device)
+    fill = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or [0])[0]
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    positions = positions_from(mask)
+    bias = model_t5.additive_mask(causal(mask), h.dtype)
+    for _ in range(max_new_tokens):
+        hidden = model.run(h, positions, bias, cache)  # the whole input first, then one token per step
+        token = model.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
+        token = token.masked_fill(done, fill)
+        out.append(token)
+        done |= torch.isin(token, stop)
+        if done.all():
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, K+1)
+        positions = positions[:, -1:] + 1  # (B, 1)
+        bias = model_t5.additive_mask(causal(mask, 1), h.dtype)  # (B, 1, 1, K+1)
+        h = model.model.embed_tokens(token[:, None])  # (B, 1, d)
+    return torch.stack(out, dim=1)
+
+
+def score_candidates(model, input_ids, attention_mask, prompt, candidates):
+    """Log-probability of each candidate continuation: (B, S) left-padded inputs, C token lists -> (B, C).
+
+    One pass over the inputs (keeping their keys/values) and one over the candidates packed side by side: each
+    candidate token sees the input and its own earlier tokens (block-diagonal causal mask), at the positions it
+    would have if decoded alone, so every candidate is scored exactly as if it followed the input by itself.
+    """
+    device = input_ids.device
+    h, mask = model.embed(input_ids, attention_mask, prompt)
+    cache = [None] * model.config.num_hidden_layers
+    positions = positions_from(mask)
+    bias = model_t5.additive_mask(causal(mask), h.dtype)
+    last = model.run(h, positions, bias, cache)[:, -1]  # (B, d): the state that predicts each candidate's token 0
+    tokens = torch.tensor([t for c in candidates for t in c], device=device)  # (L,)
+    offset = torch.tensor([i for c in candidates for i in range(len(c))], device=device)  # (L,) index in candidate
+    seg = torch.tensor([j for j, c in enumerate(candidates) for _ in c], device=device)  # (L,) which candidate
+    B, L = input_ids.shape[0], len(tokens)
+    # token i of a candidate is predicted from token i-1's hidden state; token 0's from the input's last position
+    inputs = tokens.expand(B, -1)  # (B, L) every token is fed in; the last of each candidate predicts nothing used
+    own = (seg[None, :] == seg[:, None]) & (offset[None, :] <= offset[:, None])  # (L, L) block-diagonal causal
+    allowed = torch.cat([mask.bool()[:, None, None, :].expand(B, 1, L, -1), own.expand(B, 1, L, L)], dim=-1)
+    hidden = model.run(model.model.embed_tokens(inputs), positions[:, -1:] + 1 + offset,
+                       model_t5.additive_mask(allowed, h.dtype), cache)  # (B, L, d)
+    previous = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (B, L, d): the state before each token
+    first = offset == 0
+    previous[:, first] = last[:, None].expand(-1, int(first.sum()), -1)  # each candidate starts after the input
+    token_logp = model.lm_head(previous).float().log_softmax(-1).gather(-1, inputs[..., None])[..., 0]  # (B, L)
+    return torch.zeros(B, len(candidates), device=device).index_add_(1, seg, token_logp)  # sum per candidate
+
+
+# -----------------------------------------------------------------------------
+# loading Hugging Face checkpoints, and the tokenizer
+
+def load_llama(path, device="cpu", dtype=torch.float32):
+    """A Hugging Face Llama folder (config.json + safetensors) -> Llama in eval mode, every weight frozen."""
+    cfg = LlamaConfig.from_json(model_file(model_folder(path), "config.json", "the model config"))
+    tied = ["model.embed_tokens.weight", "lm_head.weight"] if cfg.tie_word_embeddings else []
+    return load_weights(build(Llama, cfg), path, device, dtype, tied)
+
+
+def save_llama(model, folder):
+    """model.safetensors and config.json in Hugging Face's format (load_llama and transformers read them back)."""
+    cfg = model.config.to_dict()
+    cfg["eos_token_id"] = cfg["eos_token_id"][0] if len(cfg["eos_token_id"] or []) == 1 else cfg["eos_token_id"]
+    save_weights(model, folder, {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **cfg})
+
+
+def load_tokenizer(path):
+    """A folder holding tokenizer.json (and tokenizer_config.json), or the tokenizer.json itself -> bpe.Tokenizer,
+    with the chat format its tokenizer_config.json's template names (chat.py; None without that file)."""
+    tokenizer = bpe.load_tokenizer(path)
+    config = os.path.join(os.path.dirname(tokenizer.model_file), "tokenizer_config.json")
+    tokenizer.chat_format = chat.chat_format(config) if os.path.isfile(config) else None
+    return tokenizer
