@@ -9,6 +9,7 @@ import os
 import sys
 
 import data
+import instruct
 import hub
 import prompts
 import runs
@@ -98,8 +99,8 @@ def run_options():
                    help=f"a model folder or a hub name (default: {TrainConfig.model})")
     p.add_argument("--origin", type=int, choices=range(prompts.N_ORIGINS), metavar="0..9",
                    help=f"which of the paper's 10 origins (default {TrainConfig.origin})")
-    p.add_argument("--prompt-len", type=at_least(1), default=TrainConfig.prompt_len,
-                   help=f"soft prompt vectors (default {TrainConfig.prompt_len})")
+    p.add_argument("--prompt-len", type=at_least(1),
+                   help=f"soft prompt vectors (default {TrainConfig.prompt_len}; decoder-only models 100)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=TrainConfig.precision,
                    help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -123,12 +124,13 @@ def add_main_commands(sub, common, run):
     p.add_argument("--shots", type=at_least(0), help="few-shot: N stratified training examples (0: no training)")
     default = lambda name: f"(default: the paper's recipe, {name})"
     p.add_argument("--max-steps", type=at_least(1), help=default("epochs x batches; few-shot 1000"))
-    p.add_argument("--epochs", type=at_least(1), help=default("10, TREC 50"))
-    p.add_argument("--batch-size", type=at_least(1), help=default("32; few-shot 2 / 8 / 16"))
+    p.add_argument("--epochs", type=at_least(1), help=default("10, TREC 50; decoder-only 10, TREC 20"))
+    p.add_argument("--batch-size", type=at_least(1), help=default("32, decoder-only 4; few-shot 2 / 8 / 16"))
     p.add_argument("--lr", type=learning_rate, help=default(TrainConfig.lr))
     p.add_argument("--weight-decay", type=at_least(0, float), help=default(TrainConfig.weight_decay))
-    p.add_argument("--warmup", type=at_least(0), help=default(TrainConfig.warmup))
-    p.add_argument("--eval-every", type=at_least(1), help=default(TrainConfig.eval_every))
+    p.add_argument("--warmup", type=at_least(0), help=default(f"{TrainConfig.warmup}; decoder-only 3 %% of the steps"))
+    p.add_argument("--eval-every", type=at_least(1), help=default(f"{TrainConfig.eval_every}; decoder-only a tenth "
+                                                                  f"of the steps"))
     p.add_argument("--log-every", type=at_least(1), help=f"(default {TrainConfig.log_every})")
     p.add_argument("--seed", type=seed, help=default(TrainConfig.seed))
     p.add_argument("--dropout", type=dropout_rate, help="override the model's dropout_rate (default: as config.json, "
@@ -136,6 +138,10 @@ def add_main_commands(sub, common, run):
     p.add_argument("--name", help="the run's file name when the command makes one run (default: from task, shots "
                    "and init)")
     p.add_argument("--resume", action="store_true", help="continue from the run's (or the pack's) checkpoint")
+    p.add_argument("--checkpointing", action="store_true", help="decoder-only models: recompute each layer in the "
+                   "backward pass instead of keeping its activations (batch 4 x 512 tokens of an 8B model on 40 GB)")
+    p.add_argument("--loss", choices=instruct.LOSSES, help="decoder-only models: the loss over the whole chat "
+                   "text (default, as the official runs) or over the answer and its end-of-turn token only")
 
     p = sub.add_parser("eval", parents=[common, run], help="evaluate a prompt on a task's split")
     p.add_argument("task")
@@ -194,9 +200,12 @@ def add_setup_commands(sub, common):
     p = sub.add_parser("convert", help="write model.safetensors beside a folder's pytorch_model.bin")
     p.add_argument("dir")
     p.add_argument("--force", action="store_true", help="replace an existing model.safetensors")
-    p = sub.add_parser("tiny-model", help="write a small random T5 (for smoke runs)")
+    p = sub.add_parser("tiny-model", help="write a small random T5 or Llama (for smoke runs)")
     p.add_argument("dir")
-    p.add_argument("--spiece", required=True, help="a T5 sentencepiece vocabulary (spiece.model)")
+    p.add_argument("--family", choices=["t5", "llama"], default="t5")
+    p.add_argument("--spiece", help="T5: a sentencepiece vocabulary (spiece.model)")
+    p.add_argument("--tokenizer", help="Llama: a byte-level BPE tokenizer.json (with tokenizer_config.json beside it, "
+                                       "when there is one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace a model folder that is there")
 

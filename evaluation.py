@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 import data
+import instruct
 import metrics
+import model_llama
 import model_t5
 import train
 
@@ -52,11 +54,18 @@ def predict(model, task, tokens, tokenizer, prompts, scoring="generate", batch_s
     with a progress line on long runs. About batch_size rows a batch: batch_size // R examples, each repeated for
     the R prompts."""
     model.eval()
-    candidates = [tokenizer.encode(w) for w in task.labels] if task.labels else None
+    if model.family == "t5":
+        candidates = [tokenizer.encode(w) for w in task.labels] if task.labels else None
+        family, make_batch = model_t5, data.collate
+    else:  # decoder-only: the answers as the chat writes them after the prefix, e.g. "not entailment<|eot_id|>"
+        candidates = [instruct.answer_ids(tokenizer, tokenizer.chat_format, w) for w in task.words]
+        family = model_llama
+        make_batch = lambda tokens, idx: data.collate_prefixes(tokens, idx, train.pad_id(model))
     if scoring == "rank" and not candidates:
         raise EvaluationError(f"--scoring rank needs label words; {task.name} is a regression task")
-    if max_new_tokens is None:  # a generation longer than every label word cannot be one (README)
-        max_new_tokens = max(len(c) for c in candidates) + 4 if candidates else 8
+    if max_new_tokens is None:  # T5: a generation longer than every label word cannot be one (README)
+        max_new_tokens = (instruct.MAX_NEW_TOKENS if model.family != "t5" else
+                          max(len(c) for c in candidates) + 4 if candidates else 8)
     R = 1 if prompts is None else prompts.shape[0]
     prompts = None if prompts is None else prompts.to(device)
     order = np.argsort(data.lengths(tokens), kind="stable")  # similar lengths together: less padding
@@ -64,16 +73,18 @@ def predict(model, task, tokens, tokenizer, prompts, scoring="generate", batch_s
     step = max(1, batch_size // R)
     for start in range(0, len(order), step):
         idx = order[start:start + step]
-        batch = {k: v.to(device) for k, v in data.collate(tokens, idx).items()}
+        batch = {k: v.to(device) for k, v in make_batch(tokens, idx).items()}
         ids, mask = batch["input_ids"].repeat(R, 1), batch["attention_mask"].repeat(R, 1)  # (R*B, S), run-major
         prompt_rows = None if prompts is None else prompts.repeat_interleave(len(idx), dim=0)  # (R*B, n, d)
         with autocast():
             if scoring == "rank":
-                scores = model_t5.score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
-                words = [task.labels[j] for j in scores.argmax(-1).tolist()]
+                scores = family.score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
+                words = [(task.labels or task.words)[j] for j in scores.argmax(-1).tolist()]
             else:
-                out = model_t5.generate_greedy(model, ids, mask, prompt_rows, max_new_tokens)
+                out = family.generate_greedy(model, ids, mask, prompt_rows, max_new_tokens)
                 words = [tokenizer.decode(ids).strip() for ids in out.tolist()]
+                if model.family != "t5":
+                    words = [instruct.label_of(task, w) for w in words]
         for k, word in enumerate(words):
             predictions[k // len(idx)][idx[k % len(idx)]] = word
         done = start + len(idx)

@@ -1,7 +1,7 @@
 """
 Getting files from the internet with the standard library only: resumable HTTPS downloads with progress,
 size and checksum checks and atomic writes, and the Hugging Face hub conventions for fetching a T5 model
-(or finding it already in the Hugging Face cache).
+(or finding it already in the Hugging Face cache); the same for Llama 3 and DeepSeek-LLM.
 
     python tpv.py download t5-base            # -> models/t5-base/{config.json, model.safetensors, spiece.model}
     path = resolve_model("google/flan-t5-base")   # a folder, the HF cache, or a download
@@ -24,7 +24,8 @@ class DownloadError(RuntimeError):
 
 # the original T5 checkpoints moved under the google-t5 organisation; the hub redirects the old names
 LEGACY_NAMES = {n: f"google-t5/{n}" for n in ("t5-small", "t5-base", "t5-large", "t5-3b", "t5-11b")}
-MODEL_FILES = ("config.json", "spiece.model")  # plus model.safetensors, or an index and its shards
+# config.json, one family's tokenizer, and model.safetensors or an index and its shards
+TOKENIZER_FILES = (("spiece.model",), ("tokenizer.json", "tokenizer_config.json"))  # T5's; Llama's (tokenizer.json)
 CHUNK = 1 << 20
 
 
@@ -67,7 +68,9 @@ def download(url, dest, expected_sha256=None, quiet=False):
         if e.code == 416 and have:  # the partial file is already whole (or longer than the file): start over
             os.remove(part)
             return download(url, dest, expected_sha256, quiet)
-        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+        gated = "; a gated repo (meta-llama/...) needs its licence accepted on the hub and an access token in " \
+                "HF_TOKEN" if e.code in (401, 403) else ""
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}{gated}") from None
     except (urllib.error.URLError, OSError) as e:
         raise DownloadError(f"cannot reach {url} ({getattr(e, 'reason', e)}); check the network, or set "
                             f"HF_ENDPOINT to a mirror, or pass a local model folder") from None
@@ -126,13 +129,31 @@ def repo_id(name):
 
 
 def is_complete(folder):
-    """True when folder holds config.json, spiece.model and every safetensors file the model needs."""
-    if not all(os.path.exists(os.path.join(folder, f)) for f in MODEL_FILES):
+    """True when folder holds config.json, a tokenizer and every safetensors file the model needs."""
+    if not (os.path.exists(os.path.join(folder, "config.json")) and has_tokenizer(folder)):
         return False
     if os.path.exists(os.path.join(folder, "model.safetensors")):
         return True
     shards = shard_names(folder)
     return bool(shards) and all(os.path.exists(os.path.join(folder, s)) for s in shards)
+
+
+def has_tokenizer(folder):
+    return any(all(os.path.exists(os.path.join(folder, f)) for f in names) for names in TOKENIZER_FILES)
+
+
+def fetch_tokenizer(base, folder, quiet=False):
+    """T5's spiece.model; where the repo has none (Llama 3, DeepSeek-LLM), tokenizer.json and tokenizer_config.json
+    (its chat template and special tokens)."""
+    for names in TOKENIZER_FILES:
+        try:
+            for name in names:
+                if not os.path.exists(os.path.join(folder, name)):  # files already here are whole
+                    download(f"{base}/{name}", os.path.join(folder, name), quiet=quiet)
+            return
+        except DownloadError as e:
+            if "HTTP 404" not in str(e) or names == TOKENIZER_FILES[-1]:
+                raise
 
 
 def shard_names(folder):
@@ -168,7 +189,8 @@ def find_in_hf_cache(name):
 
 
 def download_model(name, models_dir="models", quiet=False):
-    """Fetches config.json, the safetensors weights (or shards) and spiece.model into models_dir/name."""
+    """Fetches config.json, the safetensors weights (or shards) and the tokenizer into models_dir/name. Gated repos
+    (meta-llama/...) need an access token in HF_TOKEN."""
     folder = os.path.join(models_dir, name)
     files.make_folder(folder)
     base = f"{endpoint()}/{repo_id(name)}/resolve/main"
@@ -177,7 +199,7 @@ def download_model(name, models_dir="models", quiet=False):
         if not os.path.exists(os.path.join(folder, file)):  # files already here are whole: they were renamed in
             download(f"{base}/{file}", os.path.join(folder, file), quiet=quiet)
 
-    fetch("spiece.model")
+    fetch_tokenizer(base, folder, quiet)
     try:
         fetch("model.safetensors")
     except DownloadError as e:
@@ -225,15 +247,15 @@ def check_downloadable(name_or_dir, models_dir, allow_download):
 
 
 def resolve_tokenizer(name_or_dir, models_dir="models", allow_download=True):
-    """A folder holding the model's spiece.model (or the user's own path: load_tokenizer checks it); fetches only
-    that file (under 1 MB) when it is missing."""
-    found = find_local(name_or_dir, models_dir, lambda f: os.path.exists(os.path.join(f, "spiece.model")))
+    """A folder holding the model's tokenizer (or the user's own path: load_tokenizer checks it); fetches only
+    the tokenizer files (a few MB) when they are missing."""
+    found = find_local(name_or_dir, models_dir, has_tokenizer)
     if found:
         return found
     check_downloadable(name_or_dir, models_dir, allow_download)
     folder = os.path.join(models_dir, name_or_dir)
     files.make_folder(folder)
-    download(f"{endpoint()}/{repo_id(name_or_dir)}/resolve/main/spiece.model", os.path.join(folder, "spiece.model"))
+    fetch_tokenizer(f"{endpoint()}/{repo_id(name_or_dir)}/resolve/main", folder)
     return folder
 
 

@@ -18,8 +18,12 @@ import prompts
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
+FAMILIES = {"SEQ_2_SEQ_LM": "t5", "CAUSAL_LM": "llama"}  # PEFT task types -> the model families tpv has
+
+
 def read_adapter(folder):
-    """A PEFT prompt-tuning adapter folder -> (prompt_embeddings, num_virtual_tokens), both checked."""
+    """A PEFT prompt-tuning adapter folder -> (prompt_embeddings, num_virtual_tokens, the family its task type
+    names or None), checked."""
     config = files.read_json(os.path.join(folder, ADAPTER_CONFIG))
     if not isinstance(config, dict) or config.get("peft_type") != "PROMPT_TUNING":
         kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
@@ -28,16 +32,19 @@ def read_adapter(folder):
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise prompts.PromptError(f"{os.path.join(folder, ADAPTER_CONFIG)}: num_virtual_tokens must be a positive "
                                   f"integer, got {n!r}")
-    return load_file(os.path.join(folder, ADAPTER_WEIGHTS))["prompt_embeddings"], n
+    return load_file(os.path.join(folder, ADAPTER_WEIGHTS))["prompt_embeddings"], n, FAMILIES.get(config.get("task_type"))
 
 
 def read_foreign_prompt(source, n):
     """An official .bin ({"prompt_embeddings": T} or a bare tensor) or a PEFT adapter (its folder or its
-    safetensors file) -> the (n, d) float32 encoder prompt. Seq2seq prompts hold the encoder rows first (then
-    PEFT's decoder rows, which inference never used)."""
+    safetensors file) -> the (n, d) float32 prompt. Seq2seq prompts hold the encoder rows first (then PEFT's
+    decoder rows, which inference never used): their first n rows are kept; a causal-LM adapter's n are all.
+    -> (prompt, metadata: the model family an adapter was made for, if it says)."""
+    meta = {}
     try:
         if os.path.isdir(source) or source.endswith(".safetensors"):
-            tensor, n = read_adapter(source if os.path.isdir(source) else os.path.dirname(source) or ".")
+            tensor, n, family = read_adapter(source if os.path.isdir(source) else os.path.dirname(source) or ".")
+            meta = {"family": family} if family else {}
         else:
             loaded = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
             tensor = loaded.get("prompt_embeddings") if isinstance(loaded, dict) else loaded
@@ -51,17 +58,19 @@ def read_foreign_prompt(source, n):
                                   f"(--prompt-len)")
     if not torch.isfinite(tensor[:n]).all():
         raise prompts.PromptError(f"{source}: the prompt holds NaN or infinite values")
-    return tensor[:n].detach().float()
+    return tensor[:n].detach().float(), meta
 
 
-def write_adapter(folder, prompt, model_name, force):
-    """A prompt -> a PEFT prompt-tuning adapter that PEFT loads (encoder rows only)."""
+def write_adapter(folder, prompt, model_name, family, force):
+    """A prompt -> a PEFT prompt-tuning adapter that PEFT loads: SEQ_2_SEQ_LM for T5 (encoder rows only), CAUSAL_LM
+    for decoder-only models (every row goes before the input)."""
     weights, config_path = os.path.join(folder, ADAPTER_WEIGHTS), os.path.join(folder, ADAPTER_CONFIG)
     for path in (weights, config_path):
         files.refuse_existing(path, force, "PEFT adapter")
     files.atomic_write(weights, lambda tmp: save_file({"prompt_embeddings": prompt.contiguous()}, tmp,
                                                       metadata={"format": "pt"}))
-    files.write_json(config_path, {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM",
+    task_type = "SEQ_2_SEQ_LM" if family == "t5" else "CAUSAL_LM"
+    files.write_json(config_path, {"peft_type": "PROMPT_TUNING", "task_type": task_type,
                                    "num_virtual_tokens": prompt.shape[0], "token_dim": prompt.shape[1],
                                    "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM",
                                    "base_model_name_or_path": model_name, "inference_mode": True})

@@ -42,10 +42,14 @@ def depends_on_origin(init):
     return not (init in ("random", "vocab") or init.startswith("text:") or runs.is_prompt_file(init))
 
 
-def command_runs(task, shots, origins, inits, flags, out, name=None):
-    """Every run of `train TASK --origins ... --init ... [--init ...]`, inits outer and origins inner."""
+def command_runs(task, shots, origins, inits, flags, out, name=None, family="t5"):
+    """Every run of `train TASK --origins ... --init ... [--init ...]`, inits outer and origins inner, with the
+    recipe of the model's family."""
     for each in task.split(","):
         data.get_task(each)  # an unknown task is one line, before anything else
+    if family == "t5" and flags.get("loss", "full") != "full":
+        raise runs.RunError(f"--loss {flags['loss']} is for decoder-only models; T5's loss is over its target (the "
+                            f"label words) already")
     if len(origins) > 1:
         fixed = [i for i in inits if not depends_on_origin(i)]
         if fixed:
@@ -58,7 +62,7 @@ def command_runs(task, shots, origins, inits, flags, out, name=None):
     made = []
     for init in inits:
         for origin in origins:
-            config = train.recipe(task, shots, **flags, origin=origin, init=init)
+            config = train.recipe(task, shots, family, **flags, origin=origin, init=init)
             run = runs.run_name(task, shots, init, name)
             made.append(Run(config, runs.run_paths(out, config.model, origin, run), f"origin_{origin}/{run}"))
     labels = [r.label for r in made]
@@ -123,10 +127,13 @@ def stored_pack_size(command):
 
 def default_pack(todo, command, model, tokenizer, device):
     """The largest pack whose activations fit the memory budget (train.largest_pack), from the longest training
-    example of the task (the prompt included). One run, or zero-shot runs (no training): the whole command."""
+    example of the task (the prompt included). One run, or zero-shot runs (no training): the whole command.
+    Decoder-only models: 1."""
     config = todo[0].config
     if len(todo) == 1 or config.shots == 0:
         return len(command)
+    if model.family != "t5":  # the activation estimate is T5's; a 7-8B model trains one run per step unless --pack
+        return 1
     source, target = 1, 1
     for name in config.task.split(","):
         tokens = data.split_tokens(data.get_task(name), ["train"], tokenizer, config.data_dir,

@@ -44,17 +44,19 @@ class Vector(NamedTuple):
     init: torch.Tensor  # (n, d): the prompt tuning started from; vectors add only onto the same one
     model: str
     name: str
+    family: str = "t5"  # files from before the Llama family hold T5 prompts
 
 
-def vector(prompt, init, model="", name=""):
+def vector(prompt, init, model="", name="", family="t5"):
     """The paper's task prompt vector: tau = tuned prompt - its initialisation (element-wise, no scaling)."""
-    return Vector(prompt - init, init, model, name)
+    return Vector(prompt - init, init, model, name, family)
 
 
 def load_vector(path):
     """The task prompt vector stored in a prompt file."""
     prompt, init, meta = load_prompt(path)
-    return vector(prompt, init, meta.get("model", ""), meta.get("task", os.path.splitext(os.path.basename(path))[0]))
+    return vector(prompt, init, meta.get("model", ""), meta.get("task", os.path.splitext(os.path.basename(path))[0]),
+                  meta.get("family", "t5"))
 
 
 def check_same_origin(name, init, origin, where="the initial prompt it is added to"):
@@ -65,6 +67,9 @@ def check_same_origin(name, init, origin, where="the initial prompt it is added 
 
 
 def check_compatible(a, b):
+    if a.family != b.family:
+        raise PromptError(f"{a.name} is a prompt of a {a.family} model, {b.name} of a {b.family} model: vectors of "
+                          f"different model families do not add")
     if a.tau.shape != b.tau.shape:
         what = "width" if a.tau.shape[1] != b.tau.shape[1] else "length"
         raise PromptError(f"{a.name} and {b.name} differ in {what}: {tuple(a.tau.shape)} vs {tuple(b.tau.shape)}")
@@ -79,15 +84,15 @@ def add(*vectors):
     for v in vectors[1:]:
         check_compatible(vectors[0], v)
     first = vectors[0]
-    return Vector(sum(v.tau for v in vectors), first.init, first.model, "+".join(v.name for v in vectors))
+    return first._replace(tau=sum(v.tau for v in vectors), name="+".join(v.name for v in vectors))
 
 
 def neg(a):
-    return Vector(-a.tau, a.init, a.model, f"-{a.name}")
+    return a._replace(tau=-a.tau, name=f"-{a.name}")
 
 
 def scale(a, coefficient):
-    return Vector(coefficient * a.tau, a.init, a.model, f"{coefficient:g}*{a.name}")
+    return a._replace(tau=coefficient * a.tau, name=f"{coefficient:g}*{a.name}")
 
 
 def sub(a, b):
@@ -122,7 +127,8 @@ def origin_token_ids(index, n):
 
 
 def embedding_rows(model, ids):
-    return model.shared.weight[ids.to(model.shared.weight.device)].detach().float().cpu().clone()  # (n, d)
+    embedding = model.input_embedding()  # (V, d)
+    return embedding[ids.to(embedding.device)].detach().float().cpu().clone()  # (n, d)
 
 
 def origin_prompt(model, index, n):
@@ -136,7 +142,7 @@ def origin_prompt(model, index, n):
 def initial_prompt(model, tokenizer, spec, n, seed=0):
     """random | vocab | text:... -> (n, d) float32 on the CPU. (Origins: origin_prompt; files and sums of task
     vectors are resolved by runs.resolve_init, which knows where runs live.)"""
-    d = model.config.d_model
+    d = model.width
     g = torch.Generator().manual_seed(seed)
     if spec == "random":  # PEFT's RANDOM: nn.Embedding's N(0, 1) init (off the vocabulary manifold)
         return torch.randn(n, d, generator=g)
@@ -187,10 +193,15 @@ def load_prompt(path):
     return prompt.float(), init.float(), meta
 
 
-def check_fits(path, prompt, meta, model_name, d_model):
-    """A prompt file must come from the same model (by name and width) as the one it is used with."""
-    if prompt.shape[1] != d_model:
-        raise PromptError(f"{path}: prompt width {prompt.shape[1]} does not fit the model's d_model {d_model}")
+def check_fits(path, prompt, meta, model_name, model):
+    """A prompt file must come from the same model (by family, name and width) as the one it is used with."""
+    family = meta.get("family", "t5")  # files from before the Llama family hold T5 prompts
+    if family != model.family:
+        raise PromptError(f"{path}: a prompt of a {family} model ({meta.get('model', 'unknown')}), but the model is "
+                          f"a {model.family} model: prompts do not carry over between model families; pass the "
+                          f"--model it was trained on")
+    if prompt.shape[1] != model.width:
+        raise PromptError(f"{path}: prompt width {prompt.shape[1]} does not fit the model's width {model.width}")
     trained_on = meta.get("model") and os.path.normpath(meta["model"])
     if trained_on and model_name and trained_on != os.path.normpath(model_name):
         raise PromptError(f"{path}: trained on {meta['model']}, not {model_name}; pass --model {meta['model']}")

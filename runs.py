@@ -110,7 +110,7 @@ def prompt_file(spec, out, model, origin):
 def load_fitting(path, model_name_, model):
     """(prompt, init, metadata) of a prompt file checked against the model it is used with."""
     prompt, init, meta = prompts.load_prompt(path)
-    prompts.check_fits(path, prompt, meta, model_name_, model.config.d_model)
+    prompts.check_fits(path, prompt, meta, model_name_, model)
     return prompt, init, meta
 
 
@@ -163,7 +163,8 @@ def config_hash(model):
 
 def prompt_meta(model, model_name_, task, origin, init, **extra):
     """The metadata of every prompt file tpv writes (training, addition, import): the same keys first."""
-    return {"task": task, "model": model_name(model_name_), "model_config": config_hash(model), "origin": str(origin),
+    return {"task": task, "model": model_name(model_name_), "family": model.family, "model_config": config_hash(model),
+            "origin": str(origin),
             "init": init, "prompt_len": str(extra.pop("prompt_len")), **{k: str(v) for k, v in extra.items()}}
 
 

@@ -432,8 +432,8 @@ class FakeHub(http.server.ThreadingHTTPServer):
     """Serves {url path: bytes} with Range support and the hub's sha256 ETag. Faults by file name: 'cut' sends
     half then closes (once), 'corrupt' sends other bytes than the ETag promises."""
 
-    def __init__(self, files):
-        self.files, self.faults, self.requests = files, {}, []
+    def __init__(self, files, token=None):
+        self.files, self.faults, self.requests, self.token = files, {}, [], token  # token: a gated hub
         super().__init__(("127.0.0.1", 0), FakeHubHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -452,6 +452,9 @@ class FakeHubHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
+        if server.token and self.headers.get("Authorization") != f"Bearer {server.token}":
+            self.send_error(401)
+            return
         data_ = server.files.get(self.path)
         if data_ is None:
             self.send_error(404)
@@ -962,12 +965,27 @@ def run_file(out, name):
 
 
 def test_schedule_values():
-    assert train.lr_at(0, 0.3, 500, 3000) == 0.0  # the first update has lr 0, as in transformers
-    assert train.lr_at(250, 0.3, 500, 3000) == pytest.approx(0.15)
-    assert train.lr_at(500, 0.3, 500, 3000) == pytest.approx(0.3)
-    assert train.lr_at(1750, 0.3, 500, 3000) == pytest.approx(0.15)
-    assert train.lr_at(3000, 0.3, 500, 3000) == 0.0
+    paper = train.TrainConfig()
+    assert train.lr_at(0, paper, 3000) == 0.0  # the first update has lr 0, as in transformers
+    assert train.lr_at(250, paper, 3000) == pytest.approx(0.15)
+    assert train.lr_at(500, paper, 3000) == pytest.approx(0.3)
+    assert train.lr_at(1750, paper, 3000) == pytest.approx(0.15)
+    assert train.lr_at(3000, paper, 3000) == 0.0
     assert [train.few_shot_batch_size(n) for n in (5, 25, 50, 250, 500, 1000)] == [2, 2, 8, 8, 16, 16]
+    llm = train.recipe("mnli", family="llama")  # transformers' cosine schedule, warm-up ceil(0.03 x steps)
+    assert train.warmup_steps(llm, 1000) == 30 and train.validation_interval(llm, 1000) == 100
+    assert train.lr_at(15, llm, 1000) == pytest.approx(0.15)
+    assert train.lr_at(30 + 485, llm, 1000) == pytest.approx(0.15)  # half way down the cosine
+    assert train.lr_at(1000, llm, 1000) == 0.0
+
+
+def test_llm_recipe_is_the_official_one():
+    llm = train.recipe("mnli", family="llama")
+    assert (llm.lr, llm.weight_decay, llm.batch_size, llm.epochs, llm.prompt_len, llm.schedule, llm.warmup_ratio,
+            llm.eval_every, llm.loss) == (0.3, 1e-5, 4, 10, 100, "cosine", 0.03, None, "full")
+    assert train.recipe("trec", family="llama").epochs == 20  # llama31_per_task/trec.toml
+    few = train.recipe("scitail", shots=100, family="llama")  # no official LLM few-shot configs: T5's numbers
+    assert (few.max_steps, few.batch_size, few.validation_limit, few.schedule) == (1000, 8, 250, "cosine")
 
 
 def test_recipe_fills_task_and_shot_dependent_defaults_and_flags_win():

@@ -28,6 +28,8 @@ import time
 from contextlib import nullcontext
 
 import torch
+import bpe
+import chat
 import checkpoints
 import cli
 import data
@@ -37,15 +39,17 @@ import files
 import hub
 import interchange
 import metrics
+import model_llama
 import model_t5
+import models
 import packs
 import prompts
 import runs
 import train
 from train import TrainConfig
 
-USER_ERRORS = (model_t5.CheckpointError, hub.DownloadError, data.DataError, prompts.PromptError,
-               train.TrainingError, evaluation.EvaluationError, runs.RunError, files.FileError)
+USER_ERRORS = (checkpoints.CheckpointError, bpe.TokenizerError, chat.ChatError, hub.DownloadError, data.DataError,
+               prompts.PromptError, train.TrainingError, evaluation.EvaluationError, runs.RunError, files.FileError)
 
 
 # -----------------------------------------------------------------------------
@@ -53,7 +57,14 @@ USER_ERRORS = (model_t5.CheckpointError, hub.DownloadError, data.DataError, prom
 
 def cmd_train(args):
     origins, inits = args.origins or [args.origin], args.init or [TrainConfig.init]
-    command = packs.command_runs(args.task, args.shots, origins, inits, recipe_flags(args), args.out, args.name)
+    for task in args.task.split(","):
+        data.get_task(task)  # an unknown task is one line, before the model is looked for (or downloaded)
+    family = models.family_name(hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline))
+    if args.checkpointing and family == "t5":
+        raise train.TrainingError("--checkpointing is implemented for decoder-only models (T5's activations at "
+                                  "batch 32 fit without it)")
+    command = packs.command_runs(args.task, args.shots, origins, inits, recipe_flags(args), args.out, args.name,
+                                 family)
     rank, world, local_rank = train.distributed()
     device = pick_device(args.device, local_rank)
     with packs.locks(command) if rank == 0 else nullcontext():  # one writer per run
@@ -62,6 +73,7 @@ def cmd_train(args):
             if run not in todo:
                 print(f"skipped {run.label}: finished ({run.paths.record})")
         model, tokenizer = load_model(args, device, command[0].config.dropout)
+        model.checkpointing = args.checkpointing  # the same numbers, less memory: not part of the recipe
         stored = args.resume and packs.stored_pack_size(command)  # a resumed pack keeps its size
         pack = train.same_on_all_ranks(args.pack or stored or packs.default_pack(todo, command, model, tokenizer,
                                                                                  device))
@@ -172,9 +184,11 @@ def cmd_report(args):
 
 def cmd_import(args):
     name = runs.check_name(args.task)
-    prompt = interchange.read_foreign_prompt(args.file, args.prompt_len)
+    family = models.family_name(hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline))
+    n = args.prompt_len or train.recipe(args.task, family=family).prompt_len  # the rows of an official .bin to keep
+    prompt, meta = interchange.read_foreign_prompt(args.file, n)
     model, _ = load_model(args)
-    prompts.check_fits(args.file, prompt, {}, args.model, model.config.d_model)
+    prompts.check_fits(args.file, prompt, {"family": model.family, **meta}, args.model, model)
     paths = runs.run_paths(args.out, args.model, args.origin, name)
     files.refuse_existing(paths.prompt, args.force, "prompt file")
     init = prompts.origin_prompt(model, args.origin, prompt.shape[0])  # PEFT never saves the init
@@ -187,7 +201,7 @@ def cmd_import(args):
 def cmd_export(args):
     path = runs.prompt_file(args.file, args.out, args.model, args.origin)
     prompt, _, meta = prompts.load_prompt(path)
-    interchange.write_adapter(args.peft, prompt, meta.get("model", args.model), args.force)
+    interchange.write_adapter(args.peft, prompt, meta.get("model", args.model), meta.get("family", "t5"), args.force)
     print(f"wrote {args.peft}/adapter_model.safetensors and adapter_config.json (the init is not part of PEFT's "
           f"format)")
 
@@ -220,16 +234,25 @@ def cmd_prepare(args):
 
 def cmd_info(args):
     path = hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline)
-    model = model_t5.load_t5(path, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
+    model = models.load(path, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     cfg = model.config
     count = lambda module: sum(p.numel() for p in module.parameters())
-    embedding = model.shared.weight.numel()
-    print(f"model      {args.model}\nloaded     {os.path.abspath(path)}\ndtype      {model.dtype}")
+    embedding = model.input_embedding().numel()
+    head = "" if cfg.tie_word_embeddings else f", lm_head {model.lm_head.weight.numel():,}"
+    print(f"model      {args.model}\nloaded     {os.path.abspath(path)}\nfamily     {model.family}\n"
+          f"dtype      {model.dtype}")
     print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
-    print(f"parameters {count(model):,} in all: embedding {embedding:,}, encoder {count(model.encoder) - embedding:,}, "
-          f"decoder {count(model.decoder) - embedding:,}"
-          + ("" if cfg.tie_word_embeddings else f", lm_head {model.lm_head.weight.numel():,}"))
-    print(f"tied head  {cfg.tie_word_embeddings} (decoder output rescaled by d_model**-0.5: {cfg.tie_word_embeddings})")
+    if model.family == "t5":
+        print(f"parameters {count(model):,} in all: embedding {embedding:,}, encoder "
+              f"{count(model.encoder) - embedding:,}, decoder {count(model.decoder) - embedding:,}" + head)
+        print(f"tied head  {cfg.tie_word_embeddings} (decoder output rescaled by d_model**-0.5: "
+              f"{cfg.tie_word_embeddings})")
+    else:
+        print(f"parameters {count(model):,} in all: embedding {embedding:,}, layers "
+              f"{count(model.model.layers):,}" + head)
+        print(f"attention  {cfg.num_attention_heads} query heads, {cfg.num_key_value_heads} key/value heads of "
+              f"{cfg.head_dim}; rope theta {cfg.rope_theta:g}, scaling {cfg.rope_scaling}; tied head "
+              f"{cfg.tie_word_embeddings}")
 
 
 def cmd_convert(args):
@@ -238,19 +261,54 @@ def cmd_convert(args):
 
 
 def cmd_tiny_model(args):
-    """A small random T5 in Hugging Face's format with a real vocabulary, for smoke runs (run.sh --quick)."""
+    """A small random model in Hugging Face's format with a real vocabulary, for smoke runs (run.sh --quick): T5
+    with a sentencepiece file (--spiece), or Llama with a tokenizer.json (--family llama --tokenizer)."""
     if os.path.isdir(args.dir) and os.listdir(args.dir) and not args.force:  # it would replace the whole folder
         raise files.FileError(f"{args.dir} exists and is not empty (a model?); pass --force to replace it")
-    tokenizer = model_t5.load_tokenizer(args.spiece)  # a vocabulary that loads, before anything is written
-    torch.manual_seed(args.seed)
-    model = model_t5.T5(model_t5.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+    if args.family == "llama":
+        tokenizer, tokenizer_config = tiny_llama_tokenizer(args.tokenizer)
+        torch.manual_seed(args.seed)
+        ids = {key: tokenizer.token_to_id(tokenizer_config[key]) for key in ("bos_token", "eos_token")}
+        model = model_llama.Llama(model_llama.LlamaConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, bos_token_id=ids["bos_token"],
+            eos_token_id=ids["eos_token"]))
+        save = lambda model, folder: (model_llama.save_llama(model, folder), files.write_json(
+            os.path.join(folder, "tokenizer_config.json"), tokenizer_config))
+        copies = {"tokenizer.json": tokenizer.model_file}
+    else:
+        if not args.spiece:
+            raise files.FileError("tiny-model needs --spiece FILE (a T5 spiece.model), or --family llama --tokenizer")
+        tokenizer = model_t5.load_tokenizer(args.spiece)
+        torch.manual_seed(args.seed)
+        model = model_t5.T5(model_t5.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+        save, copies = model_t5.save_t5, {"spiece.model": tokenizer.model_file}
 
     def write(folder):
-        model_t5.save_t5(model, folder)
-        shutil.copyfile(tokenizer.model_file, os.path.join(folder, "spiece.model"))
+        save(model, folder)
+        for name, source in copies.items():
+            shutil.copyfile(source, os.path.join(folder, name))
     # a failed write leaves no half-written model for run.sh to trust
     files.atomic_write(os.path.normpath(args.dir), write, folder=True)
-    print(f"wrote a random tiny T5 to {args.dir}")
+    print(f"wrote a random tiny {model.family} model to {args.dir}")
+
+
+def tiny_llama_tokenizer(path):
+    """A tokenizer.json for a tiny Llama, and its tokenizer_config.json: the one beside it, or (the Llama 3
+    vocabulary alone, as in ../shared/assets) Llama 3's special tokens and a chat template of its format."""
+    if not path:
+        raise files.FileError("tiny-model --family llama needs --tokenizer FILE (a byte-level BPE tokenizer.json)")
+    tokenizer = model_llama.load_tokenizer(path)  # a vocabulary that loads, before anything is written
+    beside = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+    if os.path.isfile(beside):
+        config = files.read_json(beside)
+        chat.chat_format(config)  # a format tpv implements
+    elif all(tokenizer.token_to_id(t) is not None for t in chat.LLAMA3_SPECIAL.values()):
+        config = {**chat.LLAMA3_SPECIAL, "chat_template": chat.LLAMA3_SHORT_TEMPLATE}
+    else:
+        raise files.FileError(f"{path}: no tokenizer_config.json beside it, and not Llama 3's vocabulary; put the "
+                              f"model's tokenizer_config.json (its chat template) next to it")
+    return tokenizer, config
 
 
 # -----------------------------------------------------------------------------
@@ -267,15 +325,18 @@ def pick_device(choice, local_rank=0):
 
 
 def load_model(args, device=torch.device("cpu"), dropout=None):
+    """The model (T5 or Llama: models.py picks by config.json) and its tokenizer. Decoder-only models load in bf16
+    on CUDA, as the paper's LLM runs (an 8B model in fp32 would not fit a 40 GB GPU); the prompt stays fp32."""
     path = hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline)
-    model = model_t5.load_t5(path, device=device)
+    half = models.family_name(path) != "t5" and device.type == "cuda" and getattr(args, "precision", "auto") != "fp32"
+    model = models.load(path, device=device, dtype=torch.bfloat16 if half else torch.float32)
     if dropout is not None:
-        model_t5.set_dropout(model, dropout)
-    return model, model_t5.load_tokenizer(path)
+        model_t5.set_dropout(model, dropout)  # T5's dropouts; Llama has none
+    return model, models.load_tokenizer(path)
 
 
 def tokenizer_for(args):
-    return model_t5.load_tokenizer(hub.resolve_tokenizer(args.model, args.models_dir, allow_download=not args.offline))
+    return models.load_tokenizer(hub.resolve_tokenizer(args.model, args.models_dir, allow_download=not args.offline))
 
 
 def recipe_flags(args):

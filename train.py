@@ -30,6 +30,8 @@ from safetensors.torch import save_file
 
 import data
 import files
+import instruct
+import model_llama
 import model_t5
 
 
@@ -47,19 +49,24 @@ class TrainConfig:
     model: str = "t5-base"  # paper §2: the original T5 v1.0 t5-base
     origin: int = 0  # origin_0 .. origin_9 (paper §3: 10 random inits in v1)
     init: str = "origin"  # where tuning starts: origin, random, vocab, text:..., a prompt file, or task[+task]
-    prompt_len: int = 50  # paper §2: 50 encoder vectors (PEFT's 50 decoder vectors are never used at inference)
+    prompt_len: int = 50  # paper §2: 50 encoder vectors (PEFT's 50 decoder vectors are never used at inference);
+    #                       decoder-only models: 100 (recipe())
     shots: int | None = None  # few-shot: N training examples (paper §3); 0: no training, the init is the result
     # paper §3, configs/prompt_tuning/single-task/prompt_tuning.toml
     lr: float = 0.3  # AdamW (transformers' default betas and eps)
     weight_decay: float = 1e-5
     warmup: int = 500  # linear schedule: 0 -> lr over 500 steps, then linearly to 0
+    schedule: str = "linear"  # after the warm-up: "linear" to 0 (T5), or "cosine" to 0 (the LLM runs)
+    warmup_ratio: float | None = None  # set: warmup = ceil(ratio x steps), transformers' warmup_ratio (LLMs: 0.03)
     clip_norm: float = 1.0  # transformers Trainer's max_grad_norm
     batch_size: int | None = None  # 32; few-shot: 2 / 8 / 16 (recipe())
     epochs: int | None = None  # 10; TREC 50 (recipe())
     max_steps: int | None = None  # None: epochs x batches; few-shot: 1000 (recipe())
-    eval_every: int = 100  # validation loss every 100 steps; the prompt with the lowest one is kept
+    eval_every: int | None = 100  # validation loss every 100 steps; the prompt with the lowest one is kept;
+    #                               None: ten times a run, transformers' eval_steps=0.1 (the LLM runs)
     validation_limit: int | None = None  # few-shot: the first 250 validation examples (max_valid_samples)
     seed: int = 42  # transformers' default seed; the data seed is data.splits.SEED
+    loss: str = "full"  # decoder-only: "full" chat text, as the official SFTTrainer runs, or the "answer" only
     # how it runs
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU (the paper ran fp32)
     dropout: float | None = None  # None: the model's dropout_rate (0.1 for T5), as the paper trained
@@ -75,25 +82,47 @@ def few_shot_batch_size(shots):
     return 2 if shots <= 25 else 8 if shots <= 250 else 16  # configs/cross_task_init/fewshot/*/N.toml
 
 
-def recipe(task, shots=None, **overrides):
-    """The paper's TrainConfig for a task and shot count; `overrides` (the user's flags) win over every default.
-    TREC trains 50 epochs because it underfits (prompt_tuning_trec.toml); a multi-task run that includes TREC
-    keeps 10, as the official multi-task configs (paper §3)."""
-    epochs = 50 if task == "trec" else 10
-    if shots:
-        defaults = {"max_steps": FEW_SHOT_STEPS, "batch_size": few_shot_batch_size(shots),
-                    "validation_limit": FEW_SHOT_VALIDATION}
+def recipe(task, shots=None, family="t5", **overrides):
+    """The paper's TrainConfig for a task, shot count and model family; `overrides` (the user's flags) win over
+    every default. T5: TREC trains 50 epochs because it underfits (prompt_tuning_trec.toml); a multi-task run that
+    includes TREC keeps 10, as the official multi-task configs (paper §3). Decoder-only models (llama31_8b_instruct
+    .toml, per-task tomls): 100 vectors, batch 4, cosine schedule with 3 % warm-up, validation at every tenth of the
+    run, 10 epochs (TREC 20); no official LLM few-shot configs exist, so few-shot steps, batches and validation
+    examples are T5's."""
+    if family == "t5":
+        defaults = {"epochs": 50 if task == "trec" else 10, "batch_size": 32}
     else:
-        defaults = {"batch_size": 32}
-    return TrainConfig(**{"task": task, "shots": shots, "epochs": epochs, **defaults, **overrides})
+        defaults = {"epochs": 20 if task == "trec" else 10, "batch_size": 4, "prompt_len": 100, "schedule": "cosine",
+                    "warmup_ratio": 0.03, "eval_every": None}
+    if shots:
+        defaults.update(max_steps=FEW_SHOT_STEPS, batch_size=few_shot_batch_size(shots),
+                        validation_limit=FEW_SHOT_VALIDATION)
+    if "warmup" in overrides:  # --warmup N: N steps, not the ratio
+        defaults["warmup_ratio"] = None
+    return TrainConfig(**{"task": task, "shots": shots, **defaults, **overrides})
 
 
-def lr_at(step, base_lr, warmup, total):
-    """transformers' get_linear_schedule_with_warmup: 0 -> base_lr over `warmup` steps, then linearly to 0.
-    The first update uses step 0, so its learning rate is 0, as in the official runs."""
+def lr_at(step, config, total):
+    """transformers' schedules with warm-up: 0 -> lr over the warm-up steps, then linearly (T5) or along a half
+    cosine (get_cosine_schedule_with_warmup, the LLM runs) to 0. The first update uses step 0, so its learning
+    rate is 0, as in the official runs."""
+    warmup = warmup_steps(config, total)
     if step < warmup:
-        return base_lr * step / max(1, warmup)
-    return base_lr * max(0.0, (total - step) / max(1, total - warmup))
+        return config.lr * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    if config.schedule == "cosine":
+        return config.lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return config.lr * max(0.0, 1.0 - progress)
+
+
+def warmup_steps(config, total):
+    # transformers' TrainingArguments.get_warmup_steps: ceil(ratio x steps) when a ratio is given
+    return math.ceil(total * config.warmup_ratio) if config.warmup_ratio is not None else config.warmup
+
+
+def validation_interval(config, total):
+    # transformers turns eval_steps=0.1 into ceil(0.1 x max_steps)
+    return config.eval_every or math.ceil(total / 10)
 
 
 def autocast_for(precision, device):
@@ -151,14 +180,34 @@ def bf16_is_emulated(device):
 def packed_loss(model, prompts, batch):
     """prompts (R, n, d), a batch of B examples -> (R,) summed cross-entropy of each run over its own copy of the
     batch, in fp32 under any autocast. Row r*B + b is example b with run r's prompt, so a run's loss (and therefore
-    its gradient) comes from its rows only: the model is frozen, and T5 has no operation across rows."""
+    its gradient) comes from its rows only: the model is frozen, and neither family mixes rows."""
     R, B = prompts.shape[0], batch["input_ids"].shape[0]
     rows = {k: v.repeat(R, 1) for k, v in batch.items()}  # (R*B, S) and (R*B, T), run-major
-    logits = model(rows["input_ids"], model_t5.shift_right(rows["labels"]), rows["attention_mask"],
-                   prompt=prompts.repeat_interleave(B, dim=0))  # prompt rows (R*B, n, d) -> logits (R*B, T, V)
-    token_losses = F.cross_entropy(logits.float().flatten(0, 1), rows["labels"].flatten(), ignore_index=-100,
-                                   reduction="none")  # (R*B*T,), 0 on padding
+    prompt_rows = prompts.repeat_interleave(B, dim=0)  # (R*B, n, d)
+    if model.family == "t5":
+        logits = model(rows["input_ids"], model_t5.shift_right(rows["labels"]), rows["attention_mask"],
+                       prompt=prompt_rows)  # (R*B, T, V)
+        token_losses = F.cross_entropy(logits.float().flatten(0, 1), rows["labels"].flatten(), ignore_index=-100,
+                                       reduction="none")  # (R*B*T,), 0 on padding
+    else:  # decoder-only: each token of the chat text given the prompt and the tokens before it
+        token_losses = model_llama.token_losses(model, rows["input_ids"], rows["attention_mask"], rows["labels"],
+                                                prompt_rows)  # (R*B, T)
     return token_losses.view(R, -1).sum(1)  # (R,)
+
+
+def batch_maker(model, tokenizer, config):
+    """(tokens, idx) -> the training batch of the model's family: T5's source and target, or a decoder-only model's
+    chat text, its labels by --loss (instruct.py)."""
+    if model.family == "t5":
+        return data.collate
+    tail = instruct.tail_length(tokenizer, tokenizer.chat_format)
+    return lambda tokens, idx: data.collate_causal(tokens, idx, pad_id(model), config.loss, tail)
+
+
+def pad_id(model):
+    """The id written on padding (masked, so any id does): the model's pad token, else its first end token."""
+    cfg = model.config
+    return cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or [0])[0]
 
 
 def packed_backward(model, prompts, batch, n_targets, autocast, scaler):
@@ -219,7 +268,7 @@ def largest_pack(cfg, batch_size, source_len, target_len, precision, device):
 # validation
 
 @torch.no_grad()
-def validation_losses(model, tokens, prompts, autocast, device, batch_size=64):
+def validation_losses(model, tokens, prompts, autocast, device, make_batch, batch_size=64):
     """(R,) mean cross-entropy per target token over a whole split for each of R prompts (R, n, d), dropout off.
     About batch_size rows per forward: batch_size // R examples, each repeated for the R runs."""
     model.eval()
@@ -227,7 +276,7 @@ def validation_losses(model, tokens, prompts, autocast, device, batch_size=64):
     order = np.argsort(data.lengths(tokens), kind="stable")
     step = max(1, batch_size // prompts.shape[0])
     for start in range(0, len(order), step):
-        batch = {k: v.to(device) for k, v in data.collate(tokens, order[start:start + step]).items()}
+        batch = {k: v.to(device) for k, v in make_batch(tokens, order[start:start + step]).items()}
         with autocast():
             totals += packed_loss(model, prompts, batch).double().cpu()
         count += int((batch["labels"] != -100).sum())
@@ -390,8 +439,11 @@ def train(config, model, tokenizer, tasks, inits, checkpoint, runs, resume=False
 
     # --- data: the train examples of every task in one pool; validation per task (their mean selects)
     train_tokens, validation_sets = training_data(config, tasks, tokenizer)
-    lengths, target_lengths = data.lengths(train_tokens), np.diff(train_tokens["target_offsets"])
+    lengths = data.lengths(train_tokens)  # of the sources (or chat prefixes): batches group similar lengths
+    seen_per_example = lengths + np.diff(train_tokens["target_offsets"]) + inits.shape[1]  # + targets, the prompt
+    make_batch = batch_maker(model, tokenizer, config)
     total = config.max_steps or config.epochs * math.ceil(len(lengths) / config.batch_size)
+    every = validation_interval(config, total)
 
     R = inits.shape[0]
     log(f"training {'+'.join(t.name for t in tasks)}: {len(lengths):,} examples, {total:,} steps "
@@ -405,8 +457,8 @@ def train(config, model, tokenizer, tasks, inits, checkpoint, runs, resume=False
     rng_at_step = torch.get_rng_state()  # a checkpoint taken from here on continues exactly
     try:
         validated = any(state.history[r] and state.history[r][-1]["step"] == state.step for r in state.running())
-        if state.step and due(state.step, config.eval_every, total) and state.running() and not validated:
-            validate(state, model, validation_sets, autocast, device, config, total, log)  # interrupted before it
+        if state.step and due(state.step, every, total) and state.running() and not validated:  # interrupted before it
+            validate(state, model, validation_sets, make_batch, autocast, device, config, total, log)
             save_on_rank_0(state, checkpoint, config, (runs, pack), rng_at_step, rank)
         while state.step < total and state.running():
             batches = data.epoch_batches(lengths, config.batch_size, config.seed, state.epoch)
@@ -414,13 +466,13 @@ def train(config, model, tokenizer, tasks, inits, checkpoint, runs, resume=False
                 # --- one step: this rank's share of the global batch, each running run's loss per target token
                 idx = batches[state.next_batch]
                 mine = idx[rank::world]
-                n_targets = int(target_lengths[idx].sum())
-                lr = lr_at(state.step, config.lr, config.warmup, total)
+                n_targets = loss_tokens(make_batch, train_tokens, idx)
+                lr = lr_at(state.step, config, total)
                 state.optimizer.param_groups[0]["lr"] = lr  # the prompts are the one parameter group
                 running = state.running()
                 losses = torch.zeros(len(running), device=device)  # a rank without examples adds nothing
                 if len(mine):
-                    batch = {k: v.to(device) for k, v in data.collate(train_tokens, mine).items()}
+                    batch = {k: v.to(device) for k, v in make_batch(train_tokens, mine).items()}
                     trained = prompts if len(running) == R else prompts[running]  # (A, n, d): A running
                     losses = packed_backward(model, trained, batch, n_targets, autocast, state.scaler)  # (A,)
                 sum_over_ranks(prompts, losses, world)
@@ -433,15 +485,15 @@ def train(config, model, tokenizer, tasks, inits, checkpoint, runs, resume=False
                 state.optimizer.zero_grad(set_to_none=True)
                 state.step, state.next_batch = state.step + 1, state.next_batch + 1
                 rng_at_step = torch.get_rng_state()
-                tokens_seen += len(running) * (int(lengths[idx].sum()) + len(idx) * inits.shape[1] + n_targets)
+                tokens_seen += len(running) * int(seen_per_example[idx].sum())
                 window += losses[torch.isfinite(losses)].tolist()
 
                 # --- progress and validation
                 if state.step % config.log_every == 0 or state.step == total:
                     log(progress_line(state.step, total, start_step, started, window, lr, grad_norms, tokens_seen))
                     window = []
-                if due(state.step, config.eval_every, total):
-                    validate(state, model, validation_sets, autocast, device, config, total, log)
+                if due(state.step, every, total):
+                    validate(state, model, validation_sets, make_batch, autocast, device, config, total, log)
                     save_on_rank_0(state, checkpoint, config, (runs, pack), rng_at_step, rank)
             if state.next_batch >= len(batches):
                 state.epoch, state.next_batch = state.epoch + 1, 0
@@ -471,17 +523,23 @@ def training_data(config, tasks, tokenizer):
     return data.concat(train_sets), validation_sets
 
 
+def loss_tokens(make_batch, tokens, idx):
+    """The tokens of the global batch in the loss (T5: its targets; decoder-only: what --loss and truncation
+    leave): the mean loss divides by them, on every rank."""
+    return int((make_batch(tokens, idx)["labels"] != -100).sum())
+
+
 def due(step, every, total):
     return step % every == 0 or step == total
 
 
-def validate(state, model, validation_sets, autocast, device, config, total, log):
+def validate(state, model, validation_sets, make_batch, autocast, device, config, total, log):
     """Validation loss of every task for every running run; their mean over tasks (the official
     eval_average_loss) selects each run's best prompt."""
-    lr = lr_at(state.step - 1, config.lr, config.warmup, total)  # the learning rate of the step just taken
+    lr = lr_at(state.step - 1, config, total)  # the learning rate of the step just taken
     running = state.running()
     pack = state.prompts.detach()[running]  # (A, n, d)
-    losses = {name: validation_losses(model, tokens, pack, autocast, device)
+    losses = {name: validation_losses(model, tokens, pack, autocast, device, make_batch)
               for name, tokens in validation_sets.items()}  # task -> (A,)
     for i, r in enumerate(running):
         mean = float(np.mean([per_run[i] for per_run in losses.values()]))

@@ -13,8 +13,10 @@ few-shot), batches.py (tokenisation cache, batches), download.py (original distr
 """
 from collections import Counter
 
-from .batches import (MAX_SOURCE, cached_tokens, collate, concat, epoch_batches, lengths, padding_stats,
-                      select, tokenize)
+import instruct
+
+from .batches import (MAX_SOURCE, cached_tokens, collate, collate_causal, collate_prefixes, concat, epoch_batches,
+                      lengths, padding_stats, select, tokenize)
 from .cache import SPLITS, data_dir, is_prepared, read_cache, refuse_prepared, task_dir, write_cache
 from .download import download_task
 from .readers import read_task
@@ -73,7 +75,8 @@ def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None, force=
         long = ""
         if tokenizer is not None:  # tokenise now (cached for training) and report what truncation will cut
             truncated = int(encode(task, split, rows, tokenizer, root)["truncated"])
-            long = f"; longer than {MAX_SOURCE} tokens (truncated): {truncated:,} ({truncated / len(rows):.1%})"
+            limit = instruct.MAX_LENGTH if hasattr(tokenizer, "chat_format") else MAX_SOURCE  # decoder-only: 512
+            long = f"; longer than {limit} tokens (truncated): {truncated:,} ({truncated / len(rows):.1%})"
         lines.append(f"  {split:<10} {len(rows):>9,} examples: {shown}{long}")
     if skipped:
         lines.append("  skipped rows: " + ", ".join(f"{n:,} {reason}" for reason, n in skipped.items()))
@@ -82,5 +85,6 @@ def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None, force=
 
 __all__ = ["TASKS", "DataError", "Task", "get_task", "load_task", "split_tokens", "prepare", "read_task", "read_cache",
            "is_prepared", "write_cache", "paper_splits", "split_indices", "few_shot", "few_shot_indices", "stratified_take",
-           "encode", "tokenize", "cached_tokens", "select", "concat", "epoch_batches", "collate", "lengths",
+           "encode", "tokenize", "cached_tokens", "select", "concat", "epoch_batches", "collate", "collate_causal",
+           "collate_prefixes", "lengths",
            "padding_stats", "download_task", "data_dir", "MAX_SOURCE"]

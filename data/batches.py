@@ -12,25 +12,40 @@ import numpy as np
 import torch
 
 import files
+import instruct
+
+from .tasks import DataError
 
 MAX_SOURCE = 256  # the paper's max_source_length
 
 
 def tokenizer_key(tokenizer):
     with open(tokenizer.model_file, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
+        key = hashlib.sha256(f.read())
+    key.update((getattr(tokenizer, "chat_format", None) or "").encode())  # decoder-only: the chat format shapes the tokens
+    return key.hexdigest()[:12]
 
 
 def tokenize(task, rows, tokenizer, max_source=MAX_SOURCE):
-    """rows -> flat int32 arrays with offsets: sources truncated to max_source (EOS kept last, as HF truncates
-    T5 inputs), targets the label words; and how many sources were truncated."""
+    """rows -> flat int32 arrays with offsets, and how many sources were truncated. T5: sources truncated to
+    max_source (EOS kept last, as HF truncates T5 inputs), targets the label words. Decoder-only (a tokenizer with
+    a chat format): the chat prefix and the answer (instruct.py), whole; collate_causal cuts them to
+    instruct.MAX_LENGTH, and `truncated` counts the examples it will cut."""
     sources, targets, truncated = [], [], 0
+    decoder_only = hasattr(tokenizer, "chat_format")
+    if decoder_only and tokenizer.chat_format is None:
+        raise DataError(f"{tokenizer.model_file}: no tokenizer_config.json with a chat template beside it; tpv "
+                        f"writes the tasks in the model's chat format, so copy the model's tokenizer_config.json there")
     for row in rows:
-        ids = tokenizer.encode(task.source(row))
-        if len(ids) > max_source:
-            ids, truncated = ids[:max_source - 1] + [tokenizer.eos_id], truncated + 1
+        if decoder_only:
+            ids, target = instruct.example_ids(tokenizer, tokenizer.chat_format, task, row)
+            truncated += len(ids) + len(target) > instruct.MAX_LENGTH
+        else:
+            ids, target = tokenizer.encode(task.source(row)), tokenizer.encode(task.target(row))
+            if len(ids) > max_source:
+                ids, truncated = ids[:max_source - 1] + [tokenizer.eos_id], truncated + 1
         sources.append(ids)
-        targets.append(tokenizer.encode(task.target(row)))
+        targets.append(target)
     flat = lambda seqs: (np.array([t for s in seqs for t in s], dtype=np.int32),
                          np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64))
     (src, src_off), (tgt, tgt_off) = flat(sources), flat(targets)
@@ -127,6 +142,34 @@ def collate(tokens, idx, pad_id=0):
     input_ids, attention_mask = pad(tokens["source"], tokens["source_offsets"], pad_id)
     labels, _ = pad(tokens["target"], tokens["target_offsets"], -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def collate_causal(tokens, idx, pad_id, loss, tail):
+    """Decoder-only training batch: each chat prefix and answer cut to fit (instruct.truncate), joined, padded on the
+    right -> {input_ids, attention_mask (B, L), labels (B, L)}: labels are the ids themselves (--loss full: the
+    whole chat text, as the official SFTTrainer's language-modelling collator) or only the answer's (--loss answer),
+    -100 elsewhere and on padding."""
+    rows, labels = [], []
+    for i in idx:
+        prefix = tokens["source"][tokens["source_offsets"][i]:tokens["source_offsets"][i + 1]].tolist()
+        answer = tokens["target"][tokens["target_offsets"][i]:tokens["target_offsets"][i + 1]].tolist()
+        prefix, answer = instruct.truncate(prefix, answer, loss, tail)
+        rows.append(prefix + answer)
+        labels.append(prefix + answer if loss == "full" else [-100] * len(prefix) + answer)
+    width = max(len(r) for r in rows)
+    pad = lambda seqs, value: torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.int64)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.int64)
+    return {"input_ids": pad(rows, pad_id), "attention_mask": mask, "labels": pad(labels, -100)}
+
+
+def collate_prefixes(tokens, idx, pad_id):
+    """Decoder-only evaluation batch: the chat prefixes (whole, as the official test prompts), padded on the left so
+    that generation continues every row at the same place -> {input_ids, attention_mask} (B, S)."""
+    rows = [tokens["source"][tokens["source_offsets"][i]:tokens["source_offsets"][i + 1]].tolist() for i in idx]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.int64)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.int64)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def padding_stats(source_lengths, batches):
