@@ -130,7 +130,7 @@ CASES = [
     ("pad id too large", edit(pad_token_id=300), "pad_token_id is 300, expected an integer in [0, 300)"),
     ("eos id negative", edit(eos_token_id=-1), "eos_token_id is -1, expected an integer in [0, 300)"),
     ("start id float", edit(decoder_start_token_id=0.5), "decoder_start_token_id is 0.5, expected an integer"),
-    ("model_type", edit(model_type="bart"), "model_type is 'bart', but this program implements T5 only"),
+    ("model_type", edit(model_type="bart"), "model_type is \"bart\", but this loader implements T5 only"),
     # config.json as a whole
     ("config list", write("config.json", b'[{"d_model": 16}]'), 'config.json: holds [{"d_model": 16}], expected a '
                                                                  'JSON object of config keys'),
@@ -146,7 +146,7 @@ CASES = [
     ("weights missing", remove("model.safetensors"), "model has no model.safetensors (the weights; or "
                                                      "model.safetensors.index.json and its shards)"),
     ("weights garbage", write("model.safetensors", b"garbage" * 10), "model.safetensors: unreadable safetensors file"),
-    ("weights empty", write("model.safetensors", b""), "unreadable safetensors file (Error while deserializing header"),
+    ("weights empty", write("model.safetensors", b""), "unreadable safetensors file (0 bytes, too few for a safetensors header)"),
     ("weights folder", make_folder("model.safetensors"), "model.safetensors: unreadable safetensors file"),
     ("weights of another shape", wider_weights, "does not fit its config.json: shared.weight has shape (300, 24)"),
     ("index not JSON", write("model.safetensors.index.json", b"{"), "index.json: not a safetensors index"),
