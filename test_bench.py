@@ -1,7 +1,9 @@
 """
 Tests of bench.py's packing benchmark and grid estimate, on the tiny shape with one or two timed steps: the
 tables print, the two arms of `pack` do the same work through train.packed_loss, `estimate` counts the grid that
-run.sh runs, and bf16 on a CPU that emulates it is reported, not timed.
+run.sh runs, and bf16 on a CPU that emulates it is reported, not timed. Then the Llama benchmarks: `llama-step`
+times ours and transformers + PEFT only when they compute the same loss, `load` writes random checkpoints (one file
+or shards) and reports the peak memory of loading each in a fresh process.
 """
 import json
 import os
@@ -14,6 +16,8 @@ import pytest
 import torch
 
 import bench
+import checkpoints
+import model_llama
 import model_t5
 import train
 
@@ -105,3 +109,73 @@ def test_bf16_on_a_cpu_that_emulates_it_is_reported_not_timed(monkeypatch, capsy
     assert re.search(r"^tiny +fp32 ", out, re.M) and not re.search(r"^tiny +bf16 ", out, re.M)
     with pytest.raises(SystemExit, match="emulates it"):
         bench.main(["estimate", "--model", "tiny", "--precision", "bf16", "--device", "cpu"])
+
+
+def llama_rows(out):
+    """{variant: (s/step, ours is, loss diff, grad diff)} of llama-step's table."""
+    rows = re.findall(r"^(ours|transformers \+ PEFT, \w+) +([\d.]+) +[\d,]+ +([\d.]+)x +(-|[\d.e+-]+) +(-|[\d.e+-]+)$",
+                      out, re.M)
+    return {name: tuple(float(x) if x != "-" else None for x in values) for name, *values in rows}
+
+
+def test_llama_step_times_ours_and_peft_on_the_same_loss(capsys):
+    bench.main(["llama-step", "--shape", "tiny", "--repeats", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    rows = llama_rows(out)
+    assert list(rows) == ["ours", "transformers + PEFT, sdpa", "transformers + PEFT, eager"], out
+    ours_s = rows["ours"][0]
+    for name, (seconds, ratio, loss_diff, grad_diff) in rows.items():
+        assert ratio == pytest.approx(seconds / ours_s, abs=0.01, rel=0.01)
+        if name != "ours":  # the check that makes the times comparable: the same loss and prompt gradient
+            assert loss_diff <= 1e-5 and grad_diff <= 1e-4, out
+    assert "vocab 300, llama3 rope), batch 4, 100 prompt + 128 tokens, fp32" in out
+
+
+def test_llama_step_refuses_to_time_different_work(monkeypatch):
+    """Ours without Llama 3's rope scaling (a plausible bug): the prompt gradients differ (4e-4; the losses, near
+    ln(vocab) at random weights, by 1e-7 only) and the check stops the benchmark before it times anything."""
+    unscaled = model_llama.rope_frequencies
+    monkeypatch.setattr(model_llama, "rope_frequencies", lambda cfg, device: unscaled(
+        model_llama.LlamaConfig(**{**cfg.to_dict(), "rope_scaling": None}), device))
+    with pytest.raises(SystemExit, match="another loss or gradient than ours, .*transformers \\+ PEFT, sdpa: loss"):
+        bench.main(["llama-step", "--shape", "tiny", "--attention", "sdpa", "--repeats", "1", "--device", "cpu"])
+
+
+def test_random_checkpoints_of_a_size_load_alike_from_one_file_and_from_shards(tmp_path):
+    cfg = bench.llama_of_size(4 * 2 ** 20)
+    size = 2 * sum(p.numel() for p in checkpoints.build(model_llama.Llama, cfg).parameters())
+    layer = 2 * sum(p.numel() for p in checkpoints.build(model_llama.Llama, cfg).model.layers[0].parameters())
+    assert abs(size - 4 * 2 ** 20) <= layer / 2  # the nearest number of layers
+    loaded = {}
+    for layout, max_shard in (("one", None), ("shards", 2 ** 19)):
+        (tmp_path / layout).mkdir()
+        torch.manual_seed(0)
+        files = bench.write_random_llama(cfg, tmp_path / layout, max_shard)
+        assert sum((tmp_path / layout / f).stat().st_size for f in files) > size  # the tensors and headers
+        if max_shard:  # each shard within the limit (with its header), or one larger tensor alone
+            index = json.loads((tmp_path / layout / "model.safetensors.index.json").read_text())["weight_map"]
+            assert len(files) > 2 and sorted(set(index.values())) == files
+            for f in files:
+                tensors = sum(file == f for file in index.values())
+                assert (tmp_path / layout / f).stat().st_size <= max_shard + 4096 or tensors == 1
+        else:
+            assert files == ["model.safetensors"]
+        loaded[layout] = model_llama.load_llama(str(tmp_path / layout)).state_dict()
+    assert list(loaded["one"]) == list(loaded["shards"])
+    assert all(torch.equal(loaded["one"][k], loaded["shards"][k]) for k in loaded["one"])
+
+
+def test_load_reports_peak_memory_of_both_layouts_and_dtypes(tmp_path):
+    out = subprocess.run([sys.executable, "bench.py", "load", "--size-gb", "0.01", "--max-shard-gb", "0.003", "--dir",
+                          str(tmp_path)], capture_output=True, text=True, cwd=HERE, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = re.findall(r"^(one file|shards of 0.003 GB) +(\d+) +(bf16|fp32) +([\d,]+) +([\d,]+) +([\d,]+) +([\d.]+)x "
+                      r"+([\d.]+)x +[\d,]+ +[\d,]+ +[\d.]+$", out.stdout, re.M)
+    assert [(layout, dtype) for layout, _, dtype, *_ in rows] == [
+        ("one file", "bf16"), ("one file", "fp32"), ("shards of 0.003 GB", "bf16"), ("shards of 0.003 GB", "fp32")]
+    number = lambda text: float(text.replace(",", ""))
+    for layout, files, dtype, weights, baseline, peak, above, ratio in rows:
+        assert (int(files) == 1) == (layout == "one file")
+        assert number(weights) == pytest.approx(10 * (2 if dtype == "fp32" else 1), abs=1)
+        assert number(peak) >= number(baseline) > 0 and float(ratio) > float(above) > 0
+    assert os.listdir(tmp_path) == []  # the checkpoint is deleted
