@@ -32,7 +32,8 @@ def read_adapter(folder):
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise prompts.PromptError(f"{os.path.join(folder, ADAPTER_CONFIG)}: num_virtual_tokens must be a positive "
                                   f"integer, got {n!r}")
-    return load_file(os.path.join(folder, ADAPTER_WEIGHTS))["prompt_embeddings"], n, FAMILIES.get(config.get("task_type"))
+    tensor = load_file(os.path.join(folder, ADAPTER_WEIGHTS))["prompt_embeddings"]
+    return tensor, n, FAMILIES.get(config.get("task_type"))
 
 
 def read_foreign_prompt(source, n):

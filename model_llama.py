@@ -275,7 +275,8 @@ class Llama(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, prompt=None):
         h = self.states(input_ids, attention_mask, prompt)[:, -input_ids.shape[1]:]  # the T token positions
-        return self.lm_head(h)  # (B, T, d) @ (d, V) -> (B, T, V)
+        # contiguous: on a strided slice the projection falls back to a batched matmul (bmm), slower in the backward
+        return self.lm_head(h.contiguous())  # (B, T, d) @ (d, V) -> (B, T, V)
 
 
 def token_losses(model, input_ids, attention_mask, labels, prompt):

@@ -315,6 +315,17 @@ def where(tiny):
     return ["--model", tiny["model"], "--data-dir", tiny["data"], "--out", tiny["out"]]
 
 
+def test_readme_llama_example_runs(tiny_llama):
+    import re
+    import subprocess
+    import sys
+    readme = open(os.path.join(HERE, "README.md"), encoding="utf-8").read()
+    example = re.findall(r"```python\n(.*?)```", readme, re.S)[1]  # the second: the decoder-only family
+    example = example.replace("models/Llama-3.1-8B-Instruct", tiny_llama["model"])
+    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=HERE, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_tiny_model_and_info(tiny_llama):
     result = run_cli("info", "--model", tiny_llama["model"])
     assert result.returncode == 0, result.stderr
@@ -431,3 +442,16 @@ def test_vectors_of_different_families_do_not_add():
     b = prompts.vector(torch.ones(4, 8), torch.zeros(4, 8), "m", "b", "llama")
     with pytest.raises(prompts.PromptError, match="different model families do not add"):
         prompts.add(a, b)
+
+
+def test_packed_llama_runs_equal_the_runs_alone(tiny_llama, tmp_path):
+    import prompts
+    import tpv
+    flags = ["--model", tiny_llama["model"], "--data-dir", tiny_llama["data"], "--max-steps", "3", "--eval-every",
+             "2", "--batch-size", "2", "--loss", "answer"]
+    tpv.main(["train", "rte", *flags, "--out", str(tmp_path / "packed"), "--origins", "0,1", "--pack", "2"])
+    for origin in (0, 1):
+        tpv.main(["train", "rte", *flags, "--out", str(tmp_path / "alone"), "--origin", str(origin)])
+        packed, alone = (prompts.load_prompt(str(tmp_path / out / "model" / f"origin_{origin}" / "rte.safetensors"))[0]
+                         for out in ("packed", "alone"))
+        torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-6)

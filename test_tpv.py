@@ -1390,7 +1390,7 @@ def test_train_and_eval_user_errors(tiny, tmp_path):
              (["train", "sst2", "--init", "rte+sst2", *base], "no trained prompt for rte on origin 0")]
     wide = tmp_path / "wide.safetensors"
     prompts.save_prompt(str(wide), torch.zeros(50, 64), torch.zeros(50, 64), {"model": str(tiny / "model")})
-    cases.append((["eval", "sst2", "--prompt", str(wide), *base], "prompt width 64 does not fit the model's d_model 32"))
+    cases.append((["eval", "sst2", "--prompt", str(wide), *base], "prompt width 64 does not fit the model's width 32"))
     other = tmp_path / "other.safetensors"
     prompts.save_prompt(str(other), torch.zeros(50, 32), torch.zeros(50, 32), {"model": "t5-small"})
     cases.append((["eval", "sst2", "--prompt", str(other), *base], "trained on t5-small"))

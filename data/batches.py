@@ -22,7 +22,8 @@ MAX_SOURCE = 256  # the paper's max_source_length
 def tokenizer_key(tokenizer):
     with open(tokenizer.model_file, "rb") as f:
         key = hashlib.sha256(f.read())
-    key.update((getattr(tokenizer, "chat_format", None) or "").encode())  # decoder-only: the chat format shapes the tokens
+    # decoder-only: the chat format shapes the tokens too
+    key.update((getattr(tokenizer, "chat_format", None) or "").encode())
     return key.hexdigest()[:12]
 
 
