@@ -422,11 +422,13 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
                                                                               "family": "t5"})
     gpt2 = model_copy(tiny_llama, tmp_path, "gpt2", config={"model_type": "gpt2"})
     gqa = model_copy(tiny_llama, tmp_path, "gqa", config={"num_key_value_heads": 3})
+    yarn = model_copy(tiny_llama, tmp_path, "yarn", config={"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
     unigram = model_copy(tiny_llama, tmp_path, "unigram", tokenizer={"model": {"type": "Unigram", "vocab": []}})
     cases = [
         (["eval", "rte", *where(tiny_llama), "--prompt", t5_prompt], "prompts do not carry over between model families"),
         (["info", "--model", gpt2], "model_type \"gpt2\" is a model family tpv does not implement"),
         (["info", "--model", gqa], "not a multiple of num_key_value_heads 3"),
+        (["info", "--model", yarn], "rope_scaling rope_type 'yarn' is not implemented"),
         (["eval", "rte", "--model", unigram, "--data-dir", tiny_llama["data"], "--prompt", t5_prompt], "not BPE"),
         (["train", "rte", *where(tiny_llama)[2:], "--model", str(tmp_path / "none")], "no such model folder"),
     ]
