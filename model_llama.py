@@ -9,7 +9,7 @@ References (the "why" of every quirk is cited at the line that implements it):
 - transformers `models/llama/modeling_llama.py` and `modeling_rope_utils.py` (v4.57), the oracle of our tests.
 - PEFT `PeftModelForCausalLM` prompt tuning: the virtual tokens go before every input token, BOS included.
 
-    model = load_llama("models/Llama-3.1-8B-Instruct", device="cuda", dtype=torch.bfloat16)
+    model = load_llama("models/meta-llama/Llama-3.1-8B-Instruct", device="cuda", dtype=torch.bfloat16)
     logits = model(input_ids, attention_mask, prompt=prompt)     # (B, T, vocab)
 """
 import math
@@ -23,20 +23,20 @@ from torch.utils.checkpoint import checkpoint
 
 import bpe
 import chat
-from checkpoints import (POSITIVE, CheckpointError, build, check_fields, load_weights, model_file, model_folder,
-                         read_config, rule, save_weights)
+import decoding
+from checkpoints import (POSITIVE, TOKEN_ID, CheckpointError, build, check_fields, json_text, load_weights,
+                         model_file, model_folder, read_config, rule, save_weights)
 import model_t5  # shared small pieces: the soft prompt's shape check, the additive attention mask
 
 # -----------------------------------------------------------------------------
 # config: the field names are the keys of Hugging Face's config.json
 
-TOKEN_IDS = rule(lambda v, cfg: all(type(i) is int and 0 <= i < cfg.vocab_size for i in v),
-                 "of token ids in [0, {vocab_size})")
-OPTIONAL_TOKEN_ID = rule(lambda v, cfg: 0 <= v < cfg.vocab_size, "in [0, {vocab_size}) (below vocab_size)")
+TOKEN_IDS = rule(lambda v, cfg: v and all(type(i) is int and 0 <= i < cfg.vocab_size for i in v),
+                 "of one or more token ids in [0, {vocab_size})")
 RULES = {**dict.fromkeys(["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                           "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta",
                           "max_position_embeddings"], POSITIVE),
-         **dict.fromkeys(["bos_token_id", "pad_token_id"], OPTIONAL_TOKEN_ID), "eos_token_id": TOKEN_IDS}
+         **dict.fromkeys(["bos_token_id", "pad_token_id"], TOKEN_ID), "eos_token_id": TOKEN_IDS}
 ROPE_TYPES = {"default": (), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
                                         "original_max_position_embeddings")}
 
@@ -84,12 +84,15 @@ class LlamaConfig:
             raise CheckpointError(f"hidden_act {self.hidden_act!r} is not supported (Llama uses 'silu')")
         scaling = self.rope_scaling or {}
         kind = scaling.get("rope_type", scaling.get("type", "default"))  # older configs name it "type"
-        if kind not in ROPE_TYPES:
-            raise CheckpointError(f"rope_scaling rope_type {kind!r} is not implemented (tpv implements "
+        if type(kind) is not str or kind not in ROPE_TYPES:
+            raise CheckpointError(f"rope_scaling rope_type {json_text(kind)} is not implemented (tpv implements "
                                   f"{', '.join(ROPE_TYPES)})")
         bad = [k for k in ROPE_TYPES[kind] if type(scaling.get(k)) not in (int, float) or not scaling[k] > 0]
         if bad:
             raise CheckpointError(f"rope_scaling of type {kind} needs positive numbers for {', '.join(bad)}")
+        if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+            raise CheckpointError("rope_scaling's high_freq_factor must exceed its low_freq_factor (the frequencies "
+                                  "between them are blended over that gap)")
 
     @classmethod
     def from_json(cls, path):
@@ -167,11 +170,16 @@ class Attention(nn.Module):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if past_kv is not None:
             k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (B, KV, past+T, hd)
-        # softmax(q k^T / sqrt(hd) + bias) v; each key/value head serves H/KV query heads (enable_gqa), as repeat_kv
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None,
-                                             scale=self.head_dim ** -0.5, enable_gqa=self.n_heads != self.n_kv_heads)
+        # softmax(q k^T / sqrt(hd) + bias) v: (B, H, T, hd) @ (B, H, hd, S) -> (B, H, T, S), @ (B, H, S, hd). Each
+        # key/value head serves H/KV query heads (modeling_llama.py repeat_kv): SDPA's enable_gqa does it without
+        # copies, but with a mask it falls back to the math kernel on CUDA (transformers sdpa_attention.py), so
+        # masked passes (generation, scoring) repeat the heads themselves
+        repeat = self.n_heads // self.n_kv_heads
+        k_all, v_all = (k, v) if bias is None or repeat == 1 else (t.repeat_interleave(repeat, dim=1) for t in (k, v))
+        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, is_causal=bias is None,
+                                             scale=self.head_dim ** -0.5, enable_gqa=k_all.shape[1] != self.n_heads)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, H, T, hd) -> (B, T, H*hd)
-        return self.o_proj(out), (k, v)
+        return self.o_proj(out), (k, v)  # (B, T, H*hd) @ (H*hd, d) -> (B, T, d)
 
 
 class MLP(nn.Module):
@@ -182,7 +190,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU (Shazeer 2020)
+        # SwiGLU (Shazeer 2020): (B, T, d) @ (d, ff) twice, gated, then (B, T, ff) @ (ff, d) -> (B, T, d)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Layer(nn.Module):
@@ -297,6 +306,11 @@ def token_losses(model, input_ids, attention_mask, labels, prompt):
     return losses
 
 
+def pad_id(cfg):
+    """The id written on padding (masked, so any id does): the pad token, else the first end token."""
+    return cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or [0])[0]
+
+
 def positions_from(mask):
     """Positions from the mask, as transformers' generate does: each row counts only its real tokens (left pads
     do not shift them), so a padded row is computed as it would be alone. Pads get 1 (prepare_inputs_for_generation)."""
@@ -322,25 +336,19 @@ def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_
     do_sample=False)` with the prompt prepended to every row as PEFT does."""
     cfg = model.config
     h, mask = model.embed(input_ids, attention_mask, prompt)
-    cache, out = [None] * cfg.num_hidden_layers, []
-    stop = torch.tensor(cfg.eos_token_id or [], device=input_ids.device)
-    fill = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or [0])[0]
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    positions = positions_from(mask)
-    bias = model_t5.additive_mask(causal(mask), h.dtype)
-    for _ in range(max_new_tokens):
-        hidden = model.run(h, positions, bias, cache)  # the whole input first, then one token per step
-        token = model.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
-        token = token.masked_fill(done, fill)
-        out.append(token)
-        done |= torch.isin(token, stop)
-        if done.all():
-            break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, K+1)
-        positions = positions[:, -1:] + 1  # (B, 1)
-        bias = model_t5.additive_mask(causal(mask, 1), h.dtype)  # (B, 1, 1, K+1)
-        h = model.model.embed_tokens(token[:, None])  # (B, 1, d)
-    return torch.stack(out, dim=1)
+    cache, state = [None] * cfg.num_hidden_layers, {"mask": mask, "positions": positions_from(mask)}
+
+    def next_logits(step, token):
+        if token is None:  # the whole input first (its keys/values go to the cache), then one token per step
+            h_in, bias = h, model_t5.additive_mask(causal(mask), h.dtype)
+        else:
+            state["mask"] = torch.cat([state["mask"], token.new_ones(token.shape[0], 1)], dim=1)  # (B, K+1)
+            state["positions"] = state["positions"][:, -1:] + 1  # (B, 1)
+            h_in = model.model.embed_tokens(token)  # (B, 1, d)
+            bias = model_t5.additive_mask(causal(state["mask"], 1), h.dtype)  # (B, 1, 1, K+1)
+        return model.lm_head(model.run(h_in, state["positions"], bias, cache)[:, -1])  # (B, d) @ (d, V) -> (B, V)
+    return decoding.greedy(next_logits, input_ids.shape[0], input_ids.device, max_new_tokens, cfg.eos_token_id or [],
+                           pad_id(cfg))
 
 
 def score_candidates(model, input_ids, attention_mask, prompt, candidates):
@@ -356,21 +364,19 @@ def score_candidates(model, input_ids, attention_mask, prompt, candidates):
     positions = positions_from(mask)
     bias = model_t5.additive_mask(causal(mask), h.dtype)
     last = model.run(h, positions, bias, cache)[:, -1]  # (B, d): the state that predicts each candidate's token 0
-    tokens = torch.tensor([t for c in candidates for t in c], device=device)  # (L,)
-    offset = torch.tensor([i for c in candidates for i in range(len(c))], device=device)  # (L,) index in candidate
-    seg = torch.tensor([j for j, c in enumerate(candidates) for _ in c], device=device)  # (L,) which candidate
+    tokens, offset, seg, own = decoding.pack(candidates, device)  # (L,) x 3, (L, L) block-diagonal causal
     B, L = input_ids.shape[0], len(tokens)
     # token i of a candidate is predicted from token i-1's hidden state; token 0's from the input's last position
     inputs = tokens.expand(B, -1)  # (B, L) every token is fed in; the last of each candidate predicts nothing used
-    own = (seg[None, :] == seg[:, None]) & (offset[None, :] <= offset[:, None])  # (L, L) block-diagonal causal
+    # (B, 1, L, S) the input's real tokens, beside (B, 1, L, L) the candidate's own: -> (B, 1, L, S+L)
     allowed = torch.cat([mask.bool()[:, None, None, :].expand(B, 1, L, -1), own.expand(B, 1, L, L)], dim=-1)
     hidden = model.run(model.model.embed_tokens(inputs), positions[:, -1:] + 1 + offset,
                        model_t5.additive_mask(allowed, h.dtype), cache)  # (B, L, d)
     previous = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (B, L, d): the state before each token
     first = offset == 0
-    previous[:, first] = last[:, None].expand(-1, int(first.sum()), -1)  # each candidate starts after the input
+    previous[:, first] = last[:, None].expand(-1, int(first.sum()), -1)  # (B, C, d): each starts after the input
     token_logp = model.lm_head(previous).float().log_softmax(-1).gather(-1, inputs[..., None])[..., 0]  # (B, L)
-    return torch.zeros(B, len(candidates), device=device).index_add_(1, seg, token_logp)  # sum per candidate
+    return decoding.per_candidate(token_logp, seg, len(candidates))
 
 
 # -----------------------------------------------------------------------------
@@ -395,5 +401,6 @@ def load_tokenizer(path):
     with the chat format its tokenizer_config.json's template names (chat.py; None without that file)."""
     tokenizer = bpe.load_tokenizer(path)
     config = os.path.join(os.path.dirname(tokenizer.model_file), "tokenizer_config.json")
-    tokenizer.chat_format = chat.chat_format(config) if os.path.isfile(config) else None
+    if os.path.isfile(config):
+        tokenizer.chat_format = chat.chat_format(config)
     return tokenizer

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import decoding
 from checkpoints import (FRACTION, POSITIVE, TOKEN_ID, CheckpointError, build, check_fields, load_weights,
                          model_file, model_folder, read_config, save_weights)
 
@@ -355,20 +356,15 @@ def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_
     encoder_hidden, encoder_mask = model.encode(input_ids, attention_mask, prompt)
     cross_kv = model.cross_keys_values(encoder_hidden)
     B, device = input_ids.shape[0], input_ids.device
-    token = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache, out = [None] * len(model.decoder.block), []
-    for step in range(max_new_tokens):
+    cache = [None] * len(model.decoder.block)
+
+    def next_logits(step, token):
+        if token is None:  # the decoder starts from its start token
+            token = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=device)
         pos = torch.arange(step + 1, device=device)
         allowed = torch.ones(1, step + 1, dtype=torch.bool, device=device)  # the newest token sees all before it
-        logits = model.decode(token, cross_kv, encoder_mask, pos[-1:], pos, allowed, cache)  # (B, 1, V)
-        token = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        token = token.masked_fill(done[:, None], cfg.pad_token_id)
-        out.append(token)
-        done |= token[:, 0] == cfg.eos_token_id
-        if done.all():
-            break
-    return torch.cat(out, dim=1)
+        return model.decode(token, cross_kv, encoder_mask, pos[-1:], pos, allowed, cache)[:, -1]  # (B, V)
+    return decoding.greedy(next_logits, B, device, max_new_tokens, [cfg.eos_token_id], cfg.pad_token_id)
 
 
 def score_candidates(model, input_ids, attention_mask, prompt, candidates):
@@ -380,17 +376,14 @@ def score_candidates(model, input_ids, attention_mask, prompt, candidates):
     """
     device = input_ids.device
     encoder_hidden, encoder_mask = model.encode(input_ids, attention_mask, prompt)
+    targets, pos, seg, allowed = decoding.pack(candidates, device)  # (L,) x 3, (L, L) block-diagonal causal
     start = model.config.decoder_start_token_id
     inputs = torch.tensor([t for c in candidates for t in [start] + list(c[:-1])], device=device)  # (L,)
-    targets = torch.tensor([t for c in candidates for t in c], device=device)  # (L,)
-    pos = torch.tensor([i for c in candidates for i in range(len(c))], device=device)  # (L,)
-    seg = torch.tensor([j for j, c in enumerate(candidates) for _ in c], device=device)  # (L,)
-    allowed = (seg[None, :] == seg[:, None]) & (pos[None, :] <= pos[:, None])  # (L, L) block-diagonal causal
     B = input_ids.shape[0]
     logits = model.decode(inputs.expand(B, -1), model.cross_keys_values(encoder_hidden), encoder_mask,
                           pos, pos, allowed)  # (B, L, V)
     token_logp = logits.float().log_softmax(-1).gather(-1, targets.expand(B, -1)[..., None])[..., 0]  # (B, L)
-    return torch.zeros(B, len(candidates), device=device).index_add_(1, seg, token_logp)  # sum per candidate
+    return decoding.per_candidate(token_logp, seg, len(candidates))
 
 
 # -----------------------------------------------------------------------------
