@@ -338,6 +338,7 @@ class Tokenizer:
 
     def __init__(self, model_file, config_file=None):
         self.model_file = model_file
+        self.chat_format = None  # model_llama.load_tokenizer names it, from tokenizer_config.json's chat template
         spec = read_json(model_file, "tokenizer.json")
         self.pre_tokenize = check_spec(spec, model_file)
         model = spec["model"]
@@ -361,6 +362,8 @@ class Tokenizer:
         self.vocab_size = len(self.vocab.keys() | self.added.keys())
         self.bpe = functools.lru_cache(maxsize=1 << 16)(self.merge)  # the per-word cache: words repeat
         config = read_json(config_file, "tokenizer_config.json") if config_file else {}
+        if not isinstance(config, dict):
+            raise TokenizerError(f"{config_file}: not a JSON object of tokenizer settings; download it again")
         self.bos_id = self.config_token_id(config, "bos_token", config_file)
         self.eos_id = self.config_token_id(config, "eos_token", config_file)
 
@@ -501,4 +504,8 @@ def load_tokenizer(path):
         raise TokenizerError(f"{model_file}: no such tokenizer.json; download the model's tokenizer files "
                              f"(tokenizer.json, tokenizer_config.json) into {folder or '.'}")
     config_file = os.path.join(folder, "tokenizer_config.json")
-    return Tokenizer(model_file, config_file if os.path.isfile(config_file) else None)
+    try:
+        return Tokenizer(model_file, config_file if os.path.isfile(config_file) else None)
+    except (KeyError, TypeError, AttributeError) as e:  # JSON of the wrong shape: a missing key, a list for a dict
+        raise TokenizerError(f"{model_file}: a malformed tokenizer.json ({type(e).__name__}: {e}); download the "
+                             f"model's tokenizer files again") from None

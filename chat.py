@@ -6,7 +6,7 @@ add_generation_prompt=answer is None)` renders with each model's own chat_templa
 one user turn and an optional answer. The bos text is kept as the template writes it: the tokenizer maps it to its
 id as an added token (bpe.py).
 
-    fmt = chat_format("models/Llama-3.1-8B-Instruct")     # "llama3"
+    fmt = chat_format("models/meta-llama/Llama-3.1-8B-Instruct")  # "llama3"
     render(fmt, "Is this review positive?")               # the prompt, ending with the assistant header
     render(fmt, "Is this review positive?", "yes")        # prompt + answer + answer_end(fmt)
 
@@ -43,8 +43,9 @@ def chat_format(config):
                             f"tokenizer_config.json again") from None
     template = config.get("chat_template") if isinstance(config, dict) else None
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...] in some files
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    template = template or ""
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    template = template if isinstance(template, str) else ""
     if "<|start_header_id|>" in template and "Cutting Knowledge Date" in template:
         return "llama3"
     if "'User: ' + message['content']" in template and "'Assistant: ' + message['content'] + eos_token" in template:

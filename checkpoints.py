@@ -2,10 +2,9 @@
 What both model families (model_t5.py, model_llama.py) share around their networks: reading and checking a
 Hugging Face config.json into a dataclass, and strict loading of safetensors checkpoints (one file or shards).
 
-    cfg = read_config(LlamaConfig, folder, RULES, ("llama",), "Llama")
-    with torch.device("meta"), skipped_random_init():
-        model = Llama(cfg)                      # shapes only, no memory, no random numbers
-    load_weights(model, folder, device, dtype, tied_names)
+    cfg = read_config(LlamaConfig, "DIR/config.json", ("llama",), "Llama")   # checked field by field
+    model = build(Llama, cfg)                    # on the meta device: shapes only, no memory, no random numbers
+    load_weights(model, "DIR", device, dtype, tied_names)
 
 Loading reads each tensor's bytes straight into its place, a chunk at a time, so the host never holds more than the
 loaded weights plus one chunk (an 8B model loads to the GPU without 16 GB of host memory).
@@ -273,7 +272,9 @@ def safetensors_header(f, file):
             if info["dtype"] not in SAFETENSORS_DTYPES:
                 raise ValueError(f"{name} has the unknown dtype {info['dtype']!r}")
             dtype, shape, (start, end) = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
-            if end - start != math.prod(shape) * dtype.itemsize or not 0 <= start <= end <= size - 8 - length:
+            if not all(type(v) is int and v >= 0 for v in (*shape, start, end)):
+                raise ValueError(f"{name}'s shape {list(shape)} or offsets {[start, end]} are not whole numbers")
+            if end - start != math.prod(shape) * dtype.itemsize or not start <= end <= size - 8 - length:
                 raise ValueError(f"{name}'s bytes {start}..{end} do not fit its shape or the file")
             entries[name] = (dtype, shape, 8 + length + start)
     except (KeyError, TypeError, AttributeError) as e:  # JSON, but not a header of tensors
@@ -299,9 +300,10 @@ def read_tensor(f, start, stored_dtype, shape, device, dtype, chunk=1 << 24):
         if f.readinto(memoryview(piece.view(torch.uint8).numpy())) != n * stored_dtype.itemsize:
             raise ValueError("the file ends inside a tensor")
         f_offset += n * stored_dtype.itemsize
-        finite = finite and bool(torch.isfinite(piece).all())
         if not direct:
             flat[begin:begin + n].copy_(piece)
+        # checked as loaded: a float64 1e300 is finite in the file and infinite in float32
+        finite = finite and bool(torch.isfinite(flat[begin:begin + n]).all())
     return out, finite
 
 

@@ -60,7 +60,7 @@ def predict(model, task, tokens, tokenizer, prompts, scoring="generate", batch_s
     else:  # decoder-only: the answers as the chat writes them after the prefix, e.g. "not entailment<|eot_id|>"
         candidates = [instruct.answer_ids(tokenizer, tokenizer.chat_format, w) for w in task.words]
         family = model_llama
-        make_batch = lambda tokens, idx: data.collate_prefixes(tokens, idx, train.pad_id(model))
+        make_batch = lambda tokens, idx: data.collate_prefixes(tokens, idx, model_llama.pad_id(model.config))
     if scoring == "rank" and not candidates:
         raise EvaluationError(f"--scoring rank needs label words; {task.name} is a regression task")
     if max_new_tokens is None:  # T5: a generation longer than every label word cannot be one (README)

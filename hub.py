@@ -213,7 +213,7 @@ def download_model(name, models_dir="models", quiet=False):
 
 
 def find_local(name_or_dir, models_dir, ready):
-    """The first of: the user's own file or folder, whatever it holds (load_t5 and load_tokenizer say what it
+    """The first of: the user's own file or folder, whatever it holds (the loaders say what it
     lacks, naming the file); models_dir/name, or the HF cache snapshot, whose contents satisfy ready."""
     path = users_path(name_or_dir, models_dir)
     if path:
@@ -260,7 +260,7 @@ def resolve_tokenizer(name_or_dir, models_dir="models", allow_download=True):
 
 
 def resolve_model(name_or_dir, models_dir="models", allow_download=True):
-    """A model folder for a name or path: the user's own path (load_t5 checks it), models/NAME, the HF cache, or
+    """A model folder for a name or path: the user's own path (the loader checks it), models/NAME, the HF cache, or
     a fresh download."""
     found = find_local(name_or_dir, models_dir, is_complete)
     if found:

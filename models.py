@@ -23,7 +23,7 @@ def family_at(path):
     """The family module of a model folder, from its config.json's model_type."""
     kind = checkpoints.model_type(checkpoints.model_file(checkpoints.model_folder(path), "config.json",
                                                          "the model config"))
-    if kind not in FAMILIES:
+    if type(kind) is not str or kind not in FAMILIES:
         raise checkpoints.CheckpointError(f"{path}/config.json: model_type {checkpoints.json_text(kind)} is a model "
                                           f"family tpv does not implement (it implements "
                                           f"{', '.join(sorted(set(NAMES.values())))})")

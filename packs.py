@@ -45,8 +45,7 @@ def depends_on_origin(init):
 def command_runs(task, shots, origins, inits, flags, out, name=None, family="t5"):
     """Every run of `train TASK --origins ... --init ... [--init ...]`, inits outer and origins inner, with the
     recipe of the model's family."""
-    for each in task.split(","):
-        data.get_task(each)  # an unknown task is one line, before anything else
+    check_tasks(task)
     if family == "t5" and flags.get("loss", "full") != "full":
         raise runs.RunError(f"--loss {flags['loss']} is for decoder-only models; T5's loss is over its target (the "
                             f"label words) already")
@@ -71,6 +70,12 @@ def command_runs(task, shots, origins, inits, flags, out, name=None, family="t5"
         raise runs.RunError(f"two --init values give the same run {twice} (its files would be written twice); "
                             f"give each init once")
     return made
+
+
+def check_tasks(task):
+    """An unknown task (of a comma list) is one line, before anything else."""
+    for each in task.split(","):
+        data.get_task(each)
 
 
 def to_train(command, force):

@@ -164,8 +164,7 @@ def config_hash(model):
 def prompt_meta(model, model_name_, task, origin, init, **extra):
     """The metadata of every prompt file tpv writes (training, addition, import): the same keys first."""
     return {"task": task, "model": model_name(model_name_), "family": model.family, "model_config": config_hash(model),
-            "origin": str(origin),
-            "init": init, "prompt_len": str(extra.pop("prompt_len")), **{k: str(v) for k, v in extra.items()}}
+            "origin": str(origin), "init": init, "prompt_len": str(extra.pop("prompt_len")), **{k: str(v) for k, v in extra.items()}}
 
 
 def run_meta(model, config, record, prompt_len):

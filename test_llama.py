@@ -243,10 +243,13 @@ def edited_config(folder, tmp_path, **changes):
 
 @pytest.mark.parametrize("changes, message", [
     (dict(num_key_value_heads=3), "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
-    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_type 'yarn' is not implemented"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_type \"yarn\" is not implemented"),
     (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "needs positive numbers for low_freq_factor"),
     (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
-    (dict(eos_token_id=[2, 999]), "eos_token_id is [2, 999], expected a list of token ids in [0, 300)"),
+    (dict(rope_scaling={"rope_type": ["llama3"]}), "rope_type [\"llama3\"] is not implemented"),
+    (dict(rope_scaling={**ROPE_LLAMA3, "high_freq_factor": 1.0}), "high_freq_factor must exceed its low_freq_factor"),
+    (dict(eos_token_id=[]), "eos_token_id is [], expected a list of one or more token ids"),
+    (dict(eos_token_id=[2, 999]), "eos_token_id is [2, 999], expected a list of one or more token ids in [0, 300)"),
     (dict(hidden_size=0), "hidden_size is 0, expected an integer > 0"),
     (dict(model_type="mistral"), "model_type is \"mistral\", but this loader implements Llama"),
     (dict(intermediate_size=97), "model.layers.0.mlp.gate_proj.weight has shape (96, 64), config.json implies (97, 64)"),
@@ -321,7 +324,7 @@ def test_readme_llama_example_runs(tiny_llama):
     import sys
     readme = open(os.path.join(HERE, "README.md"), encoding="utf-8").read()
     example = re.findall(r"```python\n(.*?)```", readme, re.S)[1]  # the second: the decoder-only family
-    example = example.replace("models/Llama-3.1-8B-Instruct", tiny_llama["model"])
+    example = example.replace("models/meta-llama/Llama-3.1-8B-Instruct", tiny_llama["model"])  # where download puts it
     result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=HERE, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -457,3 +460,38 @@ def test_packed_llama_runs_equal_the_runs_alone(tiny_llama, tmp_path):
         packed, alone = (prompts.load_prompt(str(tmp_path / out / "model" / f"origin_{origin}" / "rte.safetensors"))[0]
                          for out in ("packed", "alone"))
         torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# CUDA (skipped without a GPU; .ci/gpu runs them)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (.ci/gpu runs these)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_logits_and_prompt_gradient_match_hugging_face(llamas, family):
+    ours = model_llama.load_llama(llamas[family], device="cuda")
+    hf = load_hf(llamas[family], attention="sdpa").cuda()
+    ids, mask = (t.cuda() for t in batch(left=True))
+    prompt = (torch.randn(5, 64) * 0.1).cuda().requires_grad_(True)
+    real = mask.bool()
+    assert rel_diff(ours(ids, mask, prompt)[real], hf_logits_with_prompt(hf, ids, mask, prompt)[real]) < 1e-5
+    ours16 = model_llama.load_llama(llamas[family], device="cuda", dtype=torch.bfloat16)
+    hf16 = load_hf(llamas[family], dtype=torch.bfloat16, attention="sdpa").cuda()
+    with torch.no_grad():
+        a, b = ours16(ids, mask, prompt)[real].float(), hf_logits_with_prompt(hf16, ids, mask, prompt)[real].float()
+    top2 = b.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.02 * b.abs().max()
+    assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
+    out = model_llama.generate_greedy(ours, ids, mask, prompt.detach(), 6)
+    theirs = [model_llama.generate_greedy(ours, ids[r:r + 1, real[r]], None, prompt.detach(), 6)[0] for r in range(3)]
+    assert all(torch.equal(out[r, :len(t)], t) for r, t in enumerate(theirs))
+
+
+@needs_cuda
+def test_cuda_training_through_the_cli(tiny_llama, tmp_path):
+    result = run_cli("train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path), "--device", "cuda",
+                     "--max-steps", "3", "--eval-every", "2", "--batch-size", "2", "--checkpointing")
+    assert result.returncode == 0, result.stderr
+    assert "bf16" in result.stdout and "step      3/3" in result.stdout

@@ -57,12 +57,14 @@ USER_ERRORS = (checkpoints.CheckpointError, bpe.TokenizerError, chat.ChatError, 
 
 def cmd_train(args):
     origins, inits = args.origins or [args.origin], args.init or [TrainConfig.init]
-    for task in args.task.split(","):
-        data.get_task(task)  # an unknown task is one line, before the model is looked for (or downloaded)
+    packs.check_tasks(args.task)  # before the model is looked for (or downloaded)
     family = models.family_name(hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline))
     if args.checkpointing and family == "t5":
         raise train.TrainingError("--checkpointing is implemented for decoder-only models (T5's activations at "
                                   "batch 32 fit without it)")
+    if args.dropout is not None and family != "t5":
+        raise train.TrainingError("--dropout: Llama and DeepSeek-LLM have no dropout (attention_dropout 0, as the "
+                                  "paper's runs trained); drop the flag")
     command = packs.command_runs(args.task, args.shots, origins, inits, recipe_flags(args), args.out, args.name,
                                  family)
     rank, world, local_rank = train.distributed()
@@ -328,7 +330,11 @@ def load_model(args, device=torch.device("cpu"), dropout=None):
     """The model (T5 or Llama: models.py picks by config.json) and its tokenizer. Decoder-only models load in bf16
     on CUDA, as the paper's LLM runs (an 8B model in fp32 would not fit a 40 GB GPU); the prompt stays fp32."""
     path = hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline)
-    half = models.family_name(path) != "t5" and device.type == "cuda" and getattr(args, "precision", "auto") != "fp32"
+    precision = getattr(args, "precision", "auto")
+    if models.family_name(path) != "t5" and precision == "fp16":  # bf16 weights under fp16 autocast would mix both
+        raise train.TrainingError("--precision fp16: decoder-only models run in bf16 (their weights' dtype on a GPU) "
+                                  "or fp32; use --precision bf16")
+    half = models.family_name(path) != "t5" and device.type == "cuda" and precision != "fp32"
     model = models.load(path, device=device, dtype=torch.bfloat16 if half else torch.float32)
     if dropout is not None:
         model_t5.set_dropout(model, dropout)  # T5's dropouts; Llama has none

@@ -1,8 +1,8 @@
 """
 Prompt tuning: the paper's recipe as one dataclass, and one flat loop over it.
 
-The recipe (paper §3) lives in TrainConfig and nowhere else; `recipe()` fills the numbers that depend on the
-task and the shot count. `train()` reads top to bottom: data, state, then the loop with its step, its log line
+The recipe (paper §3) lives in TrainConfig and `recipe()`, nowhere else: TrainConfig holds T5's numbers,
+`recipe()` fills those that depend on the task, the shot count and the model family (the LLM runs' numbers). `train()` reads top to bottom: data, state, then the loop with its step, its log line
 and its validation marked as sections. Checkpoints hold everything a run needs to continue bit for bit (prompt,
 optimizer, schedule position, RNG states, data position); data parallel runs (torchrun) split each global batch
 across ranks and sum the prompt's gradient, so N processes compute what one process computes.
@@ -109,10 +109,10 @@ def lr_at(step, config, total):
     warmup = warmup_steps(config, total)
     if step < warmup:
         return config.lr * step / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
     if config.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
         return config.lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    return config.lr * max(0.0, 1.0 - progress)
+    return config.lr * max(0.0, (total - step) / max(1, total - warmup))  # this order of operations: T5's runs
 
 
 def warmup_steps(config, total):
@@ -201,13 +201,7 @@ def batch_maker(model, tokenizer, config):
     if model.family == "t5":
         return data.collate
     tail = instruct.tail_length(tokenizer, tokenizer.chat_format)
-    return lambda tokens, idx: data.collate_causal(tokens, idx, pad_id(model), config.loss, tail)
-
-
-def pad_id(model):
-    """The id written on padding (masked, so any id does): the model's pad token, else its first end token."""
-    cfg = model.config
-    return cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or [0])[0]
+    return lambda tokens, idx: data.collate_causal(tokens, idx, model_llama.pad_id(model.config), config.loss, tail)
 
 
 def packed_backward(model, prompts, batch, n_targets, autocast, scaler):
@@ -266,6 +260,11 @@ def largest_pack(cfg, batch_size, source_len, target_len, precision, device):
 
 # -----------------------------------------------------------------------------
 # validation
+
+# rows per validation forward: T5's logits are a few target tokens each; a decoder-only model's cover the whole chat
+# text (64 x 512 x 128,256 logits would not fit beside an 8B model), so it takes the official eval batch, 8
+VALIDATION_ROWS = {"t5": 64, "llama": 8}
+
 
 @torch.no_grad()
 def validation_losses(model, tokens, prompts, autocast, device, make_batch, batch_size=64):
@@ -539,7 +538,8 @@ def validate(state, model, validation_sets, make_batch, autocast, device, config
     lr = lr_at(state.step - 1, config, total)  # the learning rate of the step just taken
     running = state.running()
     pack = state.prompts.detach()[running]  # (A, n, d)
-    losses = {name: validation_losses(model, tokens, pack, autocast, device, make_batch)
+    rows = VALIDATION_ROWS[model.family]
+    losses = {name: validation_losses(model, tokens, pack, autocast, device, make_batch, rows)
               for name, tokens in validation_sets.items()}  # task -> (A,)
     for i, r in enumerate(running):
         mean = float(np.mean([per_run[i] for per_run in losses.values()]))

@@ -33,7 +33,7 @@ def tokenize(task, rows, tokenizer, max_source=MAX_SOURCE):
     a chat format): the chat prefix and the answer (instruct.py), whole; collate_causal cuts them to
     instruct.MAX_LENGTH, and `truncated` counts the examples it will cut."""
     sources, targets, truncated = [], [], 0
-    decoder_only = hasattr(tokenizer, "chat_format")
+    decoder_only = hasattr(tokenizer, "chat_format")  # bpe.Tokenizer; T5's sentencepiece has no chat
     if decoder_only and tokenizer.chat_format is None:
         raise DataError(f"{tokenizer.model_file}: no tokenizer_config.json with a chat template beside it; tpv "
                         f"writes the tasks in the model's chat format, so copy the model's tokenizer_config.json there")
