@@ -431,9 +431,11 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
         (["eval", "rte", *where(tiny_llama), "--prompt", t5_prompt], "prompts do not carry over between model families"),
         (["info", "--model", gpt2], "model_type \"gpt2\" is a model family tpv does not implement"),
         (["info", "--model", gqa], "not a multiple of num_key_value_heads 3"),
-        (["info", "--model", yarn], "rope_scaling rope_type 'yarn' is not implemented"),
+        (["info", "--model", yarn], 'rope_scaling rope_type "yarn" is not implemented'),
         (["eval", "rte", "--model", unigram, "--data-dir", tiny_llama["data"], "--prompt", t5_prompt], "not BPE"),
         (["train", "rte", *where(tiny_llama)[2:], "--model", str(tmp_path / "none")], "no such model folder"),
+        (["train", "rte", *where(tiny_llama), "--dropout", "0.1"], "Llama and DeepSeek-LLM have no dropout"),
+        (["train", "rte", *where(tiny_llama), "--precision", "fp16"], "decoder-only models run in bf16"),
     ]
     for args, message in cases:
         result = run_cli(*args)
