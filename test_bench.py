@@ -125,7 +125,9 @@ def test_llama_step_times_ours_and_peft_on_the_same_loss(capsys):
     assert list(rows) == ["ours", "transformers + PEFT, sdpa", "transformers + PEFT, eager"], out
     ours_s = rows["ours"][0]
     for name, (seconds, ratio, loss_diff, grad_diff) in rows.items():
-        assert ratio == pytest.approx(seconds / ours_s, abs=0.01, rel=0.01)
+        # the table prints seconds to 0.001 and the ratio to 0.01: the ratio of the printed times agrees up to that
+        rounding = 0.005 + 0.0005 / ours_s * (1 + seconds / ours_s)
+        assert abs(ratio - seconds / ours_s) <= rounding, out
         if name != "ours":  # the check that makes the times comparable: the same loss and prompt gradient
             assert loss_diff <= 1e-5 and grad_diff <= 1e-4, out
     assert "vocab 300, llama3 rope), batch 4, 100 prompt + 128 tokens, fp32" in out

@@ -1075,7 +1075,7 @@ def test_train_writes_prompt_init_and_record(tiny, tmp_path, capsys):
 
 def test_best_prompt_by_validation_loss_is_the_one_saved(tiny, tmp_path, monkeypatch):
     seen, scripted = [], iter([5.0, 2.0, 3.0, 4.0, 2.5, 6.0])
-    def fake_validation_losses(model, tokens, prompts, autocast, device, batch_size=64):
+    def fake_validation_losses(model, tokens, prompts, autocast, device, make_batch, batch_size=64):
         seen.append(prompts[0].detach().clone())
         return [next(scripted)]
     monkeypatch.setattr(train, "validation_losses", fake_validation_losses)
