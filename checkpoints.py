@@ -213,7 +213,7 @@ def load_weights(model, path, device, dtype, tied_names=(), ignored=()):
     for file in checkpoint_files(path):
         try:
             with open(file, "rb") as f:
-                for key, (stored_dtype, shape, start) in sorted(safetensors_header(f, file).items()):
+                for key, (stored_dtype, shape, start) in sorted(safetensors_header(f).items()):
                     name = tied_names[0] if key in tied_names else key
                     if name not in expected or key in ignored:
                         unexpected += [] if key in ignored else [key]
@@ -256,7 +256,7 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.
                       "BOOL": torch.bool}
 
 
-def safetensors_header(f, file):
+def safetensors_header(f):
     """{name: (dtype, shape, offset of its first byte in the file)} of an open safetensors file, every entry
     checked against the file's size (a file cut short is caught here, before any byte is read)."""
     size = os.fstat(f.fileno()).st_size
@@ -289,17 +289,16 @@ def read_tensor(f, start, stored_dtype, shape, device, dtype, chunk=1 << 24):
     the whole file is closed, so loading one 16 GB file would hold the file and the model (measured: 2.1x the
     weights). Here the host holds the model plus one chunk of 16M elements (bench.py load)."""
     out = torch.empty(shape, dtype=dtype, device=device)
-    flat, f_offset = out.view(-1), start
+    flat = out.view(-1)
     direct = out.device.type == "cpu" and stored_dtype == dtype  # read straight into the weights
     staging = None if direct else torch.empty(min(chunk, out.numel()), dtype=stored_dtype)
     finite = True
+    f.seek(start)
     for begin in range(0, out.numel(), chunk):
         n = min(chunk, out.numel() - begin)
         piece = flat[begin:begin + n] if direct else staging[:n]
-        f.seek(f_offset)
         if f.readinto(memoryview(piece.view(torch.uint8).numpy())) != n * stored_dtype.itemsize:
             raise ValueError("the file ends inside a tensor")
-        f_offset += n * stored_dtype.itemsize
         if not direct:
             flat[begin:begin + n].copy_(piece)
         # checked as loaded: a float64 1e300 is finite in the file and infinite in float32

@@ -11,6 +11,8 @@ so that evaluation generates after the prefix, and training sees prefix + answer
 trained on. Differences from the official runs (README): one begin-of-text token, where the official tokenizer
 call added a second one in front of the template's; DeepSeek-LLM's rendered text loses "label:" as there.
 """
+import functools
+
 import chat
 
 LOSSES = ("full", "answer")  # full: every token of the chat text (the official SFTTrainer); answer: the answer only
@@ -27,15 +29,16 @@ def user_message(fmt, text):
 def example_ids(tokenizer, fmt, task, example):
     """(prefix ids, answer ids): the chat up to the generation prompt, and the answer with its end of turn."""
     prefix = chat.render(fmt, user_message(fmt, task.instruct(example)))
-    return tokenizer.encode(prefix), answer_ids(tokenizer, fmt, task.answer(example))
+    return tokenizer.encode(prefix), list(answer_ids(tokenizer, fmt, task.answer(example)))
 
 
+@functools.lru_cache(maxsize=None)  # a task has a few label words and is tokenized example by example
 def answer_ids(tokenizer, fmt, word):
-    """The tokens the chat writes after the generation prompt for the answer `word`. Both formats end the prefix
-    where the pre-tokenizer splits anyway (a newline, or a colon before the answer's space), so prefix and answer
-    tokenize as the whole chat text does (tested)."""
+    """The tokens the chat writes after the generation prompt for the answer `word`, as a tuple. Both formats end
+    the prefix where the pre-tokenizer splits anyway (a newline, or a colon before the answer's space), so prefix
+    and answer tokenize as the whole chat text does (tested)."""
     prefix = chat.render(fmt, "")
-    return tokenizer.encode(chat.render(fmt, "", word)[len(prefix):])
+    return tuple(tokenizer.encode(chat.render(fmt, "", word)[len(prefix):]))
 
 
 def label_of(task, reply):

@@ -336,17 +336,18 @@ def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_
     do_sample=False)` with the prompt prepended to every row as PEFT does."""
     cfg = model.config
     h, mask = model.embed(input_ids, attention_mask, prompt)
-    cache, state = [None] * cfg.num_hidden_layers, {"mask": mask, "positions": positions_from(mask)}
+    cache, positions = [None] * cfg.num_hidden_layers, positions_from(mask)
 
     def next_logits(step, token):
+        nonlocal mask, positions
         if token is None:  # the whole input first (its keys/values go to the cache), then one token per step
             h_in, bias = h, model_t5.additive_mask(causal(mask), h.dtype)
         else:
-            state["mask"] = torch.cat([state["mask"], token.new_ones(token.shape[0], 1)], dim=1)  # (B, K+1)
-            state["positions"] = state["positions"][:, -1:] + 1  # (B, 1)
+            mask = torch.cat([mask, token.new_ones(token.shape[0], 1)], dim=1)  # (B, K+1)
+            positions = positions[:, -1:] + 1  # (B, 1)
             h_in = model.model.embed_tokens(token)  # (B, 1, d)
-            bias = model_t5.additive_mask(causal(state["mask"], 1), h.dtype)  # (B, 1, 1, K+1)
-        return model.lm_head(model.run(h_in, state["positions"], bias, cache)[:, -1])  # (B, d) @ (d, V) -> (B, V)
+            bias = model_t5.additive_mask(causal(mask, 1), h.dtype)  # (B, 1, 1, K+1)
+        return model.lm_head(model.run(h_in, positions, bias, cache)[:, -1])  # (B, d) @ (d, V) -> (B, V)
     return decoding.greedy(next_logits, input_ids.shape[0], input_ids.device, max_new_tokens, cfg.eos_token_id or [],
                            pad_id(cfg))
 
@@ -374,7 +375,7 @@ def score_candidates(model, input_ids, attention_mask, prompt, candidates):
                        model_t5.additive_mask(allowed, h.dtype), cache)  # (B, L, d)
     previous = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (B, L, d): the state before each token
     first = offset == 0
-    previous[:, first] = last[:, None].expand(-1, int(first.sum()), -1)  # (B, C, d): each starts after the input
+    previous[:, first] = last[:, None]  # (B, 1, d) into (B, C, d): each candidate starts after the input
     token_logp = model.lm_head(previous).float().log_softmax(-1).gather(-1, inputs[..., None])[..., 0]  # (B, L)
     return decoding.per_candidate(token_logp, seg, len(candidates))
 

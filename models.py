@@ -16,7 +16,6 @@ import model_t5
 FAMILIES = {"t5": model_t5, "mt5": model_t5, "llama": model_llama}  # model_type -> module
 LOADERS = {model_t5: model_t5.load_t5, model_llama: model_llama.load_llama}
 NAMES = {model_t5: "T5", model_llama: "Llama (Llama 3, DeepSeek-LLM)"}
-TOKENIZER_FILES = {model_t5: "spiece.model", model_llama: "tokenizer.json"}
 
 
 def family_at(path):
@@ -32,7 +31,7 @@ def family_at(path):
 
 def family_name(path):
     """"t5" or "llama": what a model folder holds."""
-    return "llama" if family_at(path) is model_llama else "t5"
+    return (model_llama.Llama if family_at(path) is model_llama else model_t5.T5).family
 
 
 def load(path, device="cpu", dtype=torch.float32):

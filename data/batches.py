@@ -145,6 +145,12 @@ def collate(tokens, idx, pad_id=0):
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def sequence(tokens, key, i):
+    """Example i's "source" or "target" ids, as a list."""
+    offsets = tokens[f"{key}_offsets"]
+    return tokens[key][offsets[i]:offsets[i + 1]].tolist()
+
+
 def collate_causal(tokens, idx, pad_id, loss, tail):
     """Decoder-only training batch: each chat prefix and answer cut to fit (instruct.truncate), joined, padded on the
     right -> {input_ids, attention_mask (B, L), labels (B, L)}: labels are the ids themselves (--loss full: the
@@ -152,9 +158,7 @@ def collate_causal(tokens, idx, pad_id, loss, tail):
     -100 elsewhere and on padding."""
     rows, labels = [], []
     for i in idx:
-        prefix = tokens["source"][tokens["source_offsets"][i]:tokens["source_offsets"][i + 1]].tolist()
-        answer = tokens["target"][tokens["target_offsets"][i]:tokens["target_offsets"][i + 1]].tolist()
-        prefix, answer = instruct.truncate(prefix, answer, loss, tail)
+        prefix, answer = instruct.truncate(sequence(tokens, "source", i), sequence(tokens, "target", i), loss, tail)
         rows.append(prefix + answer)
         labels.append(prefix + answer if loss == "full" else [-100] * len(prefix) + answer)
     width = max(len(r) for r in rows)
@@ -166,7 +170,7 @@ def collate_causal(tokens, idx, pad_id, loss, tail):
 def collate_prefixes(tokens, idx, pad_id):
     """Decoder-only evaluation batch: the chat prefixes (whole, as the official test prompts), padded on the left so
     that generation continues every row at the same place -> {input_ids, attention_mask} (B, S)."""
-    rows = [tokens["source"][tokens["source_offsets"][i]:tokens["source_offsets"][i + 1]].tolist() for i in idx]
+    rows = [sequence(tokens, "source", i) for i in idx]
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.int64)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.int64)
