@@ -79,8 +79,9 @@ def hf_logits_with_prompt(hf, ids, mask, prompt):
     """What PEFT prompt tuning computes: the prompt before the embedded ids, the mask extended with ones; the
     positions counted from the mask (what our model and transformers' generate use)."""
     B, n = ids.shape[0], prompt.shape[-2]
-    embeds = torch.cat([prompt.expand(B, -1, -1), hf.model.embed_tokens(ids)], dim=1)
-    full = torch.cat([torch.ones(B, n, dtype=mask.dtype), mask], dim=1)
+    embedded = hf.model.embed_tokens(ids)  # (B, S, d) in the model's dtype; PEFT casts the prompt to it
+    embeds = torch.cat([prompt.expand(B, -1, -1).to(embedded.dtype), embedded], dim=1)
+    full = torch.cat([mask.new_ones(B, n), mask], dim=1)
     positions = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
     return hf(inputs_embeds=embeds, attention_mask=full, position_ids=positions).logits[:, n:]
 
