@@ -483,11 +483,12 @@ EMULATED_BF16 = ("bf16: not timed: this CPU has no native bf16 (AVX512-BF16 or A
                  "100x slower than fp32 (train.bf16_is_emulated)")
 
 
-def random_t5(cfg, device):
-    """Our T5 with random weights of a config (nothing loaded), frozen, in training mode: dropout at the config's
-    rate (0.1), as the recipe trains."""
+def random_t5(cfg, device, precision="fp32"):
+    """Our T5 with random weights of a config (nothing loaded), frozen, in the dtype tpv.py loads it in for this
+    precision (train.weights_dtype), in training mode: dropout at the config's rate (0.1), as the recipe trains."""
     torch.manual_seed(0)
-    return model_t5.T5(cfg).requires_grad_(False).to(device).train()
+    model = model_t5.T5(cfg).requires_grad_(False).to(device).train()
+    return model.to_dtype(train.weights_dtype(precision, device))
 
 
 def random_batch(examples, source_len, target_len, vocab_size, device, seed=0):
@@ -575,8 +576,8 @@ def pack_speed(args):
           f"{'packed/alone':>13}{'alone':>9}{'packed':>9}{'packed':>8}")
     print(f"{'':46}{'run-steps/s':>13}{'run-steps/s':>13}{'':13}{'TFLOP/s':>9}{'TFLOP/s':>9}{'of mm':>8}")
     for shape in shapes:
-        model = random_t5(model_t5.T5Config(**SHAPES[shape]), device)
         for precision in precisions:
+            model = random_t5(model_t5.T5Config(**SHAPES[shape]), device, precision)
             peak = matmul_rate(DTYPES[precision], device)
             for batch in batches:
                 print(pack_row(model, shape, precision, batch, peak, args, device), flush=True)
@@ -644,7 +645,6 @@ TASK_SIZES = {
 SOURCE_TASKS = "mnli,qnli,sst2,yelp_polarity,dbpedia,trec"  # the v1 grid (run.sh's defaults)
 TRANSFER = "mnli,qnli:scitail,snli dbpedia,trec:ag_news,yahoo sst2,yelp_polarity:imdb,sst5"  # pair:targets, run.sh's
 FEW_SHOT_INITS = 5  # random origin, the SPoT prompt of each source, the multi-task SPoT prompt, the TPV sum (run.sh)
-EVAL_BATCH = 64  # evaluation.predict's and train.validation_losses's rows per forward pass
 PAPER_HOURS = "about 1,200 A100-PCIe-40GB GPU-hours for all its experiments (supplement A)"
 
 
@@ -659,7 +659,7 @@ class Timings:
     SOURCES, TARGETS = (64, 256), (2, 6)
 
     def __init__(self, cfg, precision, prompt_len, steps, max_rows, device, log=print):
-        self.model, self.cfg, self.prompt_len = random_t5(cfg, device), cfg, prompt_len
+        self.model, self.cfg, self.prompt_len = random_t5(cfg, device, precision), cfg, prompt_len
         self.autocast, _ = train.autocast_for(precision, device)
         self.steps, self.max_rows, self.device, self.log = steps, max_rows, device, log
         self.cache = {}
@@ -668,12 +668,15 @@ class Timings:
         return self.interpolated("step", batch, pack, source, target)
 
     def validation(self, source, target):
-        """Per example and run: train.validation_losses forwards EVAL_BATCH rows at a time, whatever the pack."""
-        return self.interpolated("validation", EVAL_BATCH, 1, source, target) / EVAL_BATCH
+        """Per example and run: train.validation_losses forwards train.inference_rows rows at a time, whatever the
+        pack."""
+        rows = train.inference_rows(self.model, self.device, self.prompt_len, validation=True)
+        return self.interpolated("validation", rows, 1, source, target) / rows
 
     def generation(self, source, longest):
-        """Per example: evaluation.predict decodes EVAL_BATCH examples at a time, one prompt."""
-        return self.interpolated("generation", EVAL_BATCH, 1, source, longest) / EVAL_BATCH
+        """Per example: evaluation.predict decodes train.inference_rows examples at a time, one prompt."""
+        rows = train.inference_rows(self.model, self.device, self.prompt_len)
+        return self.interpolated("generation", rows, 1, source, longest) / rows
 
     def interpolated(self, kind, batch, pack, source, target):
         (s0, s1), (t0, t1) = self.SOURCES, self.TARGETS

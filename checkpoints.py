@@ -198,6 +198,12 @@ def build(model_class, cfg):
         return model_class(cfg)
 
 
+def check_dtype(dtype):
+    if dtype not in LOADABLE_DTYPES:
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}: for fp16 speed use autocast over "
+                         f"float32 weights (T5 overflows in float16: transformers#9295)")
+
+
 def load_weights(model, path, device, dtype, tied_names=(), ignored=()):
     """Fills a model built by build() with the tensors of path's safetensors files, one tensor at a time.
 
@@ -205,9 +211,7 @@ def load_weights(model, path, device, dtype, tied_names=(), ignored=()):
     first); ignored: names Hugging Face also ignores. Every problem (missing, unexpected, wrong shape, not a
     float, NaN, tied copies that differ) is collected and reported together in one CheckpointError.
     """
-    if dtype not in LOADABLE_DTYPES:
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}: for fp16 speed use autocast over "
-                         f"float32 weights (T5 overflows in float16: transformers#9295)")
+    check_dtype(dtype)
     expected = {name: p.shape for name, p in model.named_parameters()}  # tied weights appear once
     loaded, stored_as, problems, unexpected = {}, {}, [], []
     for file in checkpoint_files(path):

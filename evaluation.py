@@ -48,11 +48,13 @@ def evaluate_all(model, tokenizer, task, split, prompts, **kw):
 
 
 @torch.no_grad()
-def predict(model, task, tokens, tokenizer, prompts, scoring="generate", batch_size=64, device="cpu",
-            autocast=nullcontext, max_new_tokens=None, label=""):
+def predict(model, task, tokens, tokenizer, prompts, scoring="generate", device="cpu", autocast=nullcontext,
+            max_new_tokens=None, label=""):
     """Predicted label words (strings) of every example for each of R prompts (R, n, d) (None: the model alone),
-    with a progress line on long runs. About batch_size rows a batch: batch_size // R examples, each repeated for
-    the R prompts."""
+    with a progress line on long runs. About train.inference_rows rows a batch: that // R examples, each repeated
+    for the R prompts."""
+    device = torch.device(device)
+    batch_size = train.inference_rows(model, device, 0 if prompts is None else prompts.shape[1])
     model.eval()
     if model.family == "t5":
         candidates = [tokenizer.encode(w) for w in task.labels] if task.labels else None

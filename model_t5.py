@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import decoding
-from checkpoints import (FRACTION, POSITIVE, TOKEN_ID, CheckpointError, build, check_fields, load_weights,
-                         model_file, model_folder, read_config, save_weights)
+from checkpoints import (FRACTION, POSITIVE, TOKEN_ID, CheckpointError, build, check_dtype, check_fields,
+                         load_weights, model_file, model_folder, read_config, save_weights)
 
 
 # -----------------------------------------------------------------------------
@@ -264,9 +264,18 @@ class T5(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.shared.weight
 
+    def to_dtype(self, dtype):
+        """Every weight in dtype but the input embedding table, which stays float32: origins are rows of it
+        (prompts.origin_prompt), the checkpoint's values on every device and in every precision; its lookups (and
+        the tied head) are cast to dtype where they are used, so the model computes as Hugging Face's in dtype."""
+        for name, p in self.named_parameters():  # a tied head is listed once, as shared.weight
+            if name != "shared.weight":
+                p.data = p.data.to(dtype)
+        return self
+
     @property
     def dtype(self):
-        return self.shared.weight.dtype
+        return self.encoder.final_layer_norm.weight.dtype  # the blocks' dtype: what the model computes in
 
     @property
     def width(self):
@@ -280,7 +289,7 @@ class T5(nn.Module):
         B, S = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        h = self.shared(input_ids)  # (B, S, d); T5 does not scale embeddings by sqrt(d)
+        h = self.shared(input_ids).to(self.dtype)  # (B, S, d); T5 does not scale embeddings by sqrt(d)
         if prompt is not None:  # prompt tuning (Lester et al. 2021; PEFT peft_model.py): prepend, extend the mask
             prompt = check_prompt(prompt, B, self.width).to(h.dtype)
             h = torch.cat([prompt.expand(B, -1, -1), h], dim=1)  # (B, n+S, d)
@@ -299,7 +308,7 @@ class T5(nn.Module):
                cache=None):
         """Decoder ids (B, T) -> logits (B, T, V). By default a causal pass over positions 0..T-1; query_pos,
         key_pos and allowed (Q, K) describe other layouts (one cached step, or label sequences packed side by side)."""
-        h = self.shared(decoder_input_ids)  # (B, T, d)
+        h = self.shared(decoder_input_ids).to(self.dtype)  # (B, T, d)
         if query_pos is None:
             query_pos = key_pos = torch.arange(h.shape[1], device=h.device)
             allowed = key_pos[None, :] <= query_pos[:, None]  # causal (T, T)
@@ -313,7 +322,7 @@ class T5(nn.Module):
         if self.config.tie_word_embeddings:
             # modeling_t5.py: with tied embeddings the decoder output is rescaled by d_model**-0.5 before the head
             h = h * self.config.d_model ** -0.5
-        return self.lm_head(h)  # (B, T, d) @ (d, V) -> (B, T, V)
+        return F.linear(h, self.lm_head.weight.to(h.dtype))  # (B, T, d) @ (d, V) -> (B, T, V); a tied head is fp32
 
     def forward(self, input_ids, decoder_input_ids, attention_mask=None, prompt=None):
         encoder_hidden, encoder_mask = self.encode(input_ids, attention_mask, prompt)
@@ -418,12 +427,15 @@ IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias
 
 
 def load_t5(path, device="cpu", dtype=torch.float32):
-    """A Hugging Face T5 folder (config.json + safetensors) -> T5 in eval mode, every weight frozen."""
+    """A Hugging Face T5 folder (config.json + safetensors) -> T5 in eval mode, every weight frozen, in dtype but
+    the input embedding table (T5.to_dtype)."""
+    check_dtype(dtype)
     cfg = T5Config.from_json(model_file(model_folder(path), "config.json", "the model config"))
     # the names under which a checkpoint may store the shared input embedding (HF _tied_weights_keys)
     tied = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
-    return load_weights(build(T5, cfg), path, device, dtype, tied + ["lm_head.weight"] * cfg.tie_word_embeddings,
-                        IGNORED_KEYS)
+    model = load_weights(build(T5, cfg), path, device, torch.float32,
+                         tied + ["lm_head.weight"] * cfg.tie_word_embeddings, IGNORED_KEYS)
+    return model.to_dtype(dtype)
 
 
 def save_t5(model, folder):

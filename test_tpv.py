@@ -119,6 +119,30 @@ def test_logits_match_hugging_face_bf16(checkpoints, family):
     assert rel_diff(got, expected) < 1e-2  # bf16 has 8 bits of mantissa: ~4e-3 per rounding
 
 
+def test_bf16_weights_keep_the_embedding_table_in_fp32(checkpoints):
+    """On CUDA a bf16 run loads the model in bf16 (train.weights_dtype), but origins are rows of the input
+    embedding: they stay the checkpoint's float32 values, so runs made on any device share them."""
+    ours16, ours32 = (model_t5.load_t5(checkpoints["t5-v1.0"], dtype=d) for d in (torch.bfloat16, torch.float32))
+    assert ours16.shared.weight.dtype == torch.float32 and ours16.lm_head.weight is ours16.shared.weight
+    assert ours16.dtype == torch.bfloat16 and ours16.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.bfloat16
+    ids = torch.arange(7) * 13
+    assert torch.equal(prompts.embedding_rows(ours16, ids), prompts.embedding_rows(ours32, ids))
+    assert train.weights_dtype("bf16", torch.device("cuda")) == torch.bfloat16
+    assert {train.weights_dtype(p, torch.device(d)) for p, d in [("bf16", "cpu"), ("fp32", "cuda"), ("fp16", "cuda")]} \
+        == {torch.float32}
+
+
+def test_inference_rows_by_device_and_memory(checkpoints, monkeypatch):
+    """64 rows a forward on the CPU; on a GPU up to 1,024 as the memory budget allows, never under 64."""
+    model = model_t5.load_t5(checkpoints["t5-v1.0"])
+    assert train.inference_rows(model, torch.device("cpu"), 50) == 64
+    per_row = train.inference_bytes(model.config, data.MAX_SOURCE + 50)
+    for budget, rows in [(10 ** 15, 1024), (300 * per_row, 300), (per_row, 64)]:
+        monkeypatch.setattr(train, "memory_budget", lambda device, budget=budget: budget)
+        assert train.inference_rows(model, torch.device("cuda"), 50) == rows
+        assert train.inference_rows(model, torch.device("cuda"), 50, validation=True) == rows
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_decoding_matches_hugging_face_generate(checkpoints, family):
     ours, hf = model_t5.load_t5(checkpoints[family]), load_hf(checkpoints[family])
@@ -1075,7 +1099,7 @@ def test_train_writes_prompt_init_and_record(tiny, tmp_path, capsys):
 
 def test_best_prompt_by_validation_loss_is_the_one_saved(tiny, tmp_path, monkeypatch):
     seen, scripted = [], iter([5.0, 2.0, 3.0, 4.0, 2.5, 6.0])
-    def fake_validation_losses(model, tokens, prompts, autocast, device, make_batch, batch_size=64):
+    def fake_validation_losses(model, tokens, prompts, autocast, device, make_batch):
         seen.append(prompts[0].detach().clone())
         return [next(scripted)]
     monkeypatch.setattr(train, "validation_losses", fake_validation_losses)
@@ -1916,17 +1940,22 @@ def test_cuda_training_bf16_packed_equal_alone_and_resume(tiny, tmp_path, capsys
 
 
 @needs_cuda
-@pytest.mark.parametrize("runs, batch_size, source, target", [(1, 32, 306, 4), (10, 2, 150, 4), (50, 2, 150, 4)])
-def test_cuda_activation_estimate_bounds_the_measured_memory(runs, batch_size, source, target):
-    """train.activation_bytes (which sizes the default --pack) against what a packed bf16 step really takes, at
-    the t5-small shape: an estimate that is never below the truth and at most 3x above it."""
+@pytest.mark.parametrize("shape, runs, batch_size, source, target", [
+    ("t5-small", 1, 32, 306, 4), ("t5-small", 10, 2, 150, 4), ("t5-small", 50, 2, 150, 4),
+    ("t5-base", 4, 32, 306, 4), ("t5-base", 10, 32, 150, 4)])  # the last two: the grid's source packs
+def test_cuda_activation_estimate_bounds_the_measured_memory(shape, runs, batch_size, source, target):
+    """train.activation_bytes (which sizes the default --pack) against what a packed bf16 step really takes, with
+    the weights in bf16 as tpv.py trains on CUDA: an estimate that is never below the truth and at most 3x above it."""
+    import bench
     torch.manual_seed(0)
-    model = model_t5.T5(model_t5.T5Config(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)).cuda()
-    model.requires_grad_(False)
+    cfg = model_t5.T5Config(**bench.SHAPES[shape])
+    if train.activation_bytes(cfg, runs * batch_size, source, target, "bf16") > train.memory_budget(torch.device("cuda")):
+        pytest.skip(f"this GPU has too little free memory for {shape} x {runs * batch_size} rows")
+    model = bench.random_t5(cfg, torch.device("cuda"), "bf16")
     ids = torch.randint(3, 32000, (batch_size, source - 50), device="cuda")
     batch_ = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
               "labels": torch.randint(3, 32000, (batch_size, target), device="cuda")}
-    prompts_ = torch.nn.Parameter(torch.randn(runs, 50, 512, device="cuda"))
+    prompts_ = torch.nn.Parameter(torch.randn(runs, 50, cfg.d_model, device="cuda"))
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()

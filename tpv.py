@@ -327,15 +327,16 @@ def pick_device(choice, local_rank=0):
 
 
 def load_model(args, device=torch.device("cpu"), dropout=None):
-    """The model (T5 or Llama: models.py picks by config.json) and its tokenizer. Decoder-only models load in bf16
-    on CUDA, as the paper's LLM runs (an 8B model in fp32 would not fit a 40 GB GPU); the prompt stays fp32."""
+    """The model (T5 or Llama: models.py picks by config.json) and its tokenizer, in train.weights_dtype: bf16 on
+    CUDA (the default precision there), as the paper's LLM runs (an 8B model in fp32 would not fit a 40 GB GPU);
+    the prompt stays fp32."""
     path = hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline)
     precision, decoder_only = getattr(args, "precision", "auto"), models.family_name(path) != "t5"
     if decoder_only and precision == "fp16":  # bf16 weights under fp16 autocast would mix both
         raise train.TrainingError("--precision fp16: decoder-only models run in bf16 (their weights' dtype on a GPU) "
                                   "or fp32; use --precision bf16")
-    half = decoder_only and device.type == "cuda" and precision != "fp32"
-    model = models.load(path, device=device, dtype=torch.bfloat16 if half else torch.float32)
+    dtype = train.weights_dtype(train.resolve_precision(precision, device), device)
+    model = models.load(path, device=device, dtype=dtype)
     if dropout is not None:
         model_t5.set_dropout(model, dropout)  # T5's dropouts; Llama has none
     return model, models.load_tokenizer(path)

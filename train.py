@@ -141,6 +141,14 @@ def resolve_precision(precision, device):
     return precision
 
 
+def weights_dtype(precision, device):
+    """The dtype a frozen model is loaded in for a resolved --precision: bf16 on CUDA when it computes in bf16 (its
+    activations then stay bf16 between the layers, as Hugging Face's model in bf16 computes; under autocast over
+    fp32 weights, the casts and fp32 elementwise work took most of a t5-base step on an H100: docs/speed.md), float32
+    otherwise (fp16 runs under autocast over float32 weights: T5 overflows in fp16)."""
+    return torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
+
+
 def same_on_all_ranks(value):
     """Rank 0's value on every rank (data parallel ranks must cut the same packs); the value itself otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -226,21 +234,24 @@ def activation_bytes(cfg, rows, source_len, target_len, precision):
     """An estimate, from the shapes, of the memory of one training step over `rows` sequences of source_len
     tokens (the prompt included) and target_len targets: per layer and token the saved inputs of the projections,
     layer norms and dropout masks and the attention probabilities, plus the logits in fp32 with their gradient.
-    The tensors autograd saves come to about 10-14 x d_model + 3 x d_ff + 3 x heads x keys elements per layer and
-    token (counted with saved_tensors_hooks at the t5-small shape); the coefficients below are larger, for the
-    step's transient tensors, and test_tpv.py checks the estimate against torch.cuda.max_memory_allocated."""
+    A packed bf16 step of t5-base (bf16 weights, as on CUDA) peaked at about 8 x d_model + 3 x d_ff + 3.5 x heads
+    x keys elements per encoder layer and token (torch.cuda.max_memory_allocated on an H100: 4 runs x 32 x 306
+    tokens, 26.4 GiB; 10 x 32 x 150, 25.1 GiB; docs/speed.md); the coefficients below leave a third more for the
+    step's transient tensors, and test_tpv.py checks the estimate against the measured peak on a GPU."""
     element = 4 if precision == "fp32" else 2
     d, ff, heads = cfg.d_model, cfg.d_ff, cfg.num_heads
-    encoder = cfg.num_layers * source_len * (24 * d + 6 * ff + 6 * heads * source_len)
+    encoder = cfg.num_layers * source_len * (14 * d + 4 * ff + 4 * heads * source_len)
     decoder = cfg.num_decoder_layers * target_len * (32 * d + 6 * ff + 6 * heads * (target_len + source_len))
     logits = target_len * cfg.vocab_size * (element + 8)
     return rows * ((encoder + decoder) * element + logits)
 
 
 def memory_budget(device):
-    """Bytes the packed activations may take: 80 % of the free GPU memory, or half of the available RAM."""
+    """Bytes the packed activations may take: 80 % of the free GPU memory (what the driver has free and what
+    PyTorch's allocator holds unused), or half of the available RAM."""
     if device.type == "cuda":
-        return int(0.8 * torch.cuda.mem_get_info(device)[0])
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(0.8 * (torch.cuda.mem_get_info(device)[0] + unused))
     try:
         with open("/proc/meminfo") as f:
             available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
@@ -261,15 +272,38 @@ def largest_pack(cfg, batch_size, source_len, target_len, precision, device):
 # -----------------------------------------------------------------------------
 # validation
 
-# rows per validation forward: T5's logits are a few target tokens each; a decoder-only model's cover the whole chat
-# text (64 x 512 x 128,256 logits would not fit beside an 8B model), so it takes the official eval batch, 8
-VALIDATION_ROWS = {"t5": 64, "llama": 8}
+def inference_bytes(cfg, source_len):
+    """An estimate of the memory of one row of a T5 inference pass (validation or greedy evaluation) over
+    source_len tokens, the prompt included: one layer's attention scores with their fp32 softmax, a few fp32 copies
+    of the hidden states, and the decoding cache of the encoder's keys and values for every decoder layer."""
+    attention = cfg.num_heads * source_len ** 2 * 12
+    hidden = source_len * (4 * cfg.d_model + cfg.d_ff) * 4
+    cache = cfg.num_decoder_layers * 2 * source_len * cfg.num_heads * cfg.d_kv * 4
+    return attention + hidden + cache
+
+
+GPU_INFERENCE_ROWS = 1024
+
+
+def inference_rows(model, device, prompt_len, validation=False):
+    """Rows per validation or evaluation forward pass. On the CPU, 64 keep the cores busy. On a GPU, 64 rows of
+    t5-base are bound by kernel launches (an H100 took 2.2x fewer microseconds per example to validate and 6.4x
+    fewer to decode at 1,024 rows: docs/speed.md), so T5 takes 1,024, or as many as fit the memory budget at the
+    longest source. A decoder-only model's validation logits cover the whole chat text (64 x 512 x 128,256 would
+    not fit beside an 8B model): 8 rows, the official eval batch; its greedy evaluation 64."""
+    if model.family != "t5":
+        return 8 if validation else 64
+    if device.type != "cuda":
+        return 64
+    fit = memory_budget(device) // inference_bytes(model.config, data.MAX_SOURCE + prompt_len)
+    return int(min(GPU_INFERENCE_ROWS, max(64, fit)))
 
 
 @torch.no_grad()
-def validation_losses(model, tokens, prompts, autocast, device, make_batch, batch_size=64):
+def validation_losses(model, tokens, prompts, autocast, device, make_batch):
     """(R,) mean cross-entropy per target token over a whole split for each of R prompts (R, n, d), dropout off.
-    About batch_size rows per forward: batch_size // R examples, each repeated for the R runs."""
+    About inference_rows rows per forward: that // R examples, each repeated for the R runs."""
+    batch_size = inference_rows(model, device, prompts.shape[1], validation=True)
     model.eval()
     totals, count = torch.zeros(prompts.shape[0], dtype=torch.float64), 0
     order = np.argsort(data.lengths(tokens), kind="stable")
@@ -538,8 +572,7 @@ def validate(state, model, validation_sets, make_batch, autocast, device, config
     lr = lr_at(state.step - 1, config, total)  # the learning rate of the step just taken
     running = state.running()
     pack = state.prompts.detach()[running]  # (A, n, d)
-    rows = VALIDATION_ROWS[model.family]
-    losses = {name: validation_losses(model, tokens, pack, autocast, device, make_batch, rows)
+    losses = {name: validation_losses(model, tokens, pack, autocast, device, make_batch)
               for name, tokens in validation_sets.items()}  # task -> (A,)
     for i, r in enumerate(running):
         mean = float(np.mean([per_run[i] for per_run in losses.values()]))
