@@ -287,7 +287,7 @@ GPU_INFERENCE_ROWS = 1024
 
 def inference_rows(model, device, prompt_len, validation=False):
     """Rows per validation or evaluation forward pass. On the CPU, 64 keep the cores busy. On a GPU, 64 rows of
-    t5-base are bound by kernel launches (an H100 took 2.2x fewer microseconds per example to validate and 6.4x
+    t5-base are bound by kernel launches (an H100 took 1.4x fewer microseconds per example to validate and 4.6x
     fewer to decode at 1,024 rows: docs/speed.md), so T5 takes 1,024, or as many as fit the memory budget at the
     longest source. A decoder-only model's validation logits cover the whole chat text (64 x 512 x 128,256 would
     not fit beside an 8B model): 8 rows, the official eval batch; its greedy evaluation 64."""
