@@ -590,8 +590,6 @@ def pack_row(model, shape, precision, batch, peak, args, device):
     """One line of `bench.py pack`: both arms timed on the same batch and initial prompts."""
     cfg, source = model.config, pack_source_len(batch)
     autocast, _ = train.autocast_for(precision, device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # memory_budget reads the free memory: give back what earlier rows cached
     pack = min(args.runs, train.largest_pack(cfg, batch, source + args.prompt, args.tgt, precision, device))
     inits = torch.randn(args.runs, args.prompt, cfg.d_model, generator=torch.Generator().manual_seed(0)) * 0.5
     examples = random_batch(batch, source, args.tgt, cfg.vocab_size, device)
@@ -810,8 +808,6 @@ def estimate(args):
             return min(args.pack, n_runs)
         batch = train.recipe(",".join(tasks), shots).batch_size
         longest = max(TASK_SIZES[t].longest for t in tasks)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # memory_budget reads the free memory: give back what the timings cached
         return min(n_runs, train.largest_pack(cfg, batch, data.MAX_SOURCE + args.prompt, longest, precision, device))
 
     costs = grid_costs(times, origins, tasks, shots, args.transfer, pack_size)

@@ -204,11 +204,11 @@ def check_dtype(dtype):
                          f"float32 weights (T5 overflows in float16: transformers#9295)")
 
 
-def load_weights(model, path, device, dtype, tied_names=(), ignored=()):
+def load_weights(model, path, device, dtype, tied_names=(), ignored=(), float32_names=()):
     """Fills a model built by build() with the tensors of path's safetensors files, one tensor at a time.
 
     tied_names: the names under which a checkpoint may store the one embedding the model ties (its own name
-    first); ignored: names Hugging Face also ignores. Every problem (missing, unexpected, wrong shape, not a
+    first); ignored: names Hugging Face also ignores; float32_names: weights loaded in float32 whatever dtype. Every problem (missing, unexpected, wrong shape, not a
     float, NaN, tied copies that differ) is collected and reported together in one CheckpointError.
     """
     check_dtype(dtype)
@@ -229,7 +229,8 @@ def load_weights(model, path, device, dtype, tied_names=(), ignored=()):
                     if not stored_dtype.is_floating_point:
                         problems.append((name, f"{key} has dtype {stored_dtype}, expected a float"))
                         continue
-                    value, finite = read_tensor(f, start, stored_dtype, shape, device, dtype)
+                    wanted = torch.float32 if name in float32_names else dtype
+                    value, finite = read_tensor(f, start, stored_dtype, shape, device, wanted)
                     if not finite:
                         problems.append((name, f"{key} holds NaN or infinite values"))
                     elif name not in loaded:

@@ -102,7 +102,7 @@ def run_options():
     p.add_argument("--prompt-len", type=at_least(1),
                    help=f"soft prompt vectors (default {TrainConfig.prompt_len}; decoder-only models 100)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=TrainConfig.precision,
-                   help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+                   help="auto: bf16 on CUDA (bf16 weights), fp32 on the CPU")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--scoring", choices=["generate", "rank"], default="generate",
                    help="greedy generation (the paper) or ranking the label words by log-probability")

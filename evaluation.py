@@ -9,7 +9,6 @@ import sys
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 
 import data
@@ -51,10 +50,9 @@ def evaluate_all(model, tokenizer, task, split, prompts, **kw):
 def predict(model, task, tokens, tokenizer, prompts, scoring="generate", device="cpu", autocast=nullcontext,
             max_new_tokens=None, label=""):
     """Predicted label words (strings) of every example for each of R prompts (R, n, d) (None: the model alone),
-    with a progress line on long runs. About train.inference_rows rows a batch: that // R examples, each repeated
-    for the R prompts."""
+    with a progress line on long runs; batched by train.in_inference_batches (each example repeated for the R
+    prompts)."""
     device = torch.device(device)
-    batch_size = train.inference_rows(model, device, 0 if prompts is None else prompts.shape[1])
     model.eval()
     if model.family == "t5":
         candidates = [tokenizer.encode(w) for w in task.labels] if task.labels else None
@@ -70,11 +68,11 @@ def predict(model, task, tokens, tokenizer, prompts, scoring="generate", device=
                           max(len(c) for c in candidates) + 4 if candidates else 8)
     R = 1 if prompts is None else prompts.shape[0]
     prompts = None if prompts is None else prompts.to(device)
-    order = np.argsort(data.lengths(tokens), kind="stable")  # similar lengths together: less padding
-    predictions, started, shown = [[None] * len(order) for _ in range(R)], time.time(), time.time()
-    step = max(1, batch_size // R)
-    for start in range(0, len(order), step):
-        idx = order[start:start + step]
+    total = len(data.lengths(tokens))
+    predictions, started, shown, done = [[None] * total for _ in range(R)], time.time(), time.time(), 0
+
+    def predict_batch(idx):
+        nonlocal shown, done
         batch = {k: v.to(device) for k, v in make_batch(tokens, idx).items()}
         ids, mask = batch["input_ids"].repeat(R, 1), batch["attention_mask"].repeat(R, 1)  # (R*B, S), run-major
         prompt_rows = None if prompts is None else prompts.repeat_interleave(len(idx), dim=0)  # (R*B, n, d)
@@ -89,10 +87,12 @@ def predict(model, task, tokens, tokenizer, prompts, scoring="generate", device=
                     words = [instruct.label_of(task, w) for w in words]
         for k, word in enumerate(words):
             predictions[k // len(idx)][idx[k % len(idx)]] = word
-        done = start + len(idx)
-        if time.time() - shown > 5 and done < len(order):
+        done += len(idx)
+        if time.time() - shown > 5 and done < total:
             rate = done / (time.time() - started)
-            print(f"  eval {label}: {done:,}/{len(order):,} examples{f' x {R} prompts' if R > 1 else ''}, "
-                  f"{rate:,.0f} ex/s, ETA {(len(order) - done) / rate:,.0f}s", file=sys.stderr, flush=True)
+            print(f"  eval {label}: {done:,}/{total:,} examples{f' x {R} prompts' if R > 1 else ''}, "
+                  f"{rate:,.0f} ex/s, ETA {(total - done) / rate:,.0f}s", file=sys.stderr, flush=True)
             shown = time.time()
+    rows = train.inference_rows(model, device, 0 if prompts is None else prompts.shape[1])
+    train.in_inference_batches(tokens, R, rows, predict_batch)
     return predictions

@@ -265,11 +265,10 @@ class T5(nn.Module):
             self.lm_head.weight = self.shared.weight
 
     def to_dtype(self, dtype):
-        """Every weight in dtype but the input embedding table, which stays float32: origins are rows of it
-        (prompts.origin_prompt), the checkpoint's values on every device and in every precision; its lookups (and
-        the tied head) are cast to dtype where they are used, so the model computes as Hugging Face's in dtype."""
+        """Every weight in dtype but FLOAT32_WEIGHTS (as load_t5 loads them)."""
+        check_dtype(dtype)
         for name, p in self.named_parameters():  # a tied head is listed once, as shared.weight
-            if name != "shared.weight":
+            if name not in FLOAT32_WEIGHTS:
                 p.data = p.data.to(dtype)
         return self
 
@@ -424,18 +423,20 @@ def dropout(x, rate, training):
 # loading Hugging Face checkpoints (safetensors only)
 
 IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)  # HF ignores it too
+# the input embedding table stays float32 in any dtype: origins are rows of it (prompts.origin_prompt), the
+# checkpoint's values on every device and in every precision; its lookups (and a tied head) are cast to the blocks'
+# dtype where they are used, so the model computes as Hugging Face's in that dtype
+FLOAT32_WEIGHTS = ("shared.weight",)
 
 
 def load_t5(path, device="cpu", dtype=torch.float32):
     """A Hugging Face T5 folder (config.json + safetensors) -> T5 in eval mode, every weight frozen, in dtype but
-    the input embedding table (T5.to_dtype)."""
-    check_dtype(dtype)
+    FLOAT32_WEIGHTS."""
     cfg = T5Config.from_json(model_file(model_folder(path), "config.json", "the model config"))
     # the names under which a checkpoint may store the shared input embedding (HF _tied_weights_keys)
     tied = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
-    model = load_weights(build(T5, cfg), path, device, torch.float32,
-                         tied + ["lm_head.weight"] * cfg.tie_word_embeddings, IGNORED_KEYS)
-    return model.to_dtype(dtype)
+    return load_weights(build(T5, cfg), path, device, dtype, tied + ["lm_head.weight"] * cfg.tie_word_embeddings,
+                        IGNORED_KEYS, FLOAT32_WEIGHTS)
 
 
 def save_t5(model, folder):

@@ -132,15 +132,50 @@ def test_bf16_weights_keep_the_embedding_table_in_fp32(checkpoints):
         == {torch.float32}
 
 
+def test_bf16_weights_train_an_fp32_prompt_and_each_run_of_a_pack_is_its_own(checkpoints):
+    """The CUDA default (bf16 weights, fp32 prompt), run here on the CPU: the prompt's gradient is fp32, and each
+    run's loss and gradient in a pack equal its own alone within bf16's rounding (matrix shapes differ)."""
+    model = model_t5.load_t5(checkpoints["t5-v1.0"], dtype=torch.bfloat16)  # eval mode: no dropout
+    ids, mask, labels = batch()
+    examples = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    prompts_ = torch.nn.Parameter(torch.randn(3, 5, 32))
+    with torch.autocast("cpu", torch.bfloat16):
+        losses = train.packed_loss(model, prompts_, examples)
+    losses.sum().backward()
+    assert losses.dtype == prompts_.grad.dtype == torch.float32 and torch.isfinite(prompts_.grad).all()
+    for r in range(3):
+        alone = torch.nn.Parameter(prompts_.detach()[r:r + 1].clone())
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = train.packed_loss(model, alone, examples)
+        loss.sum().backward()
+        assert rel_diff(loss, losses[r:r + 1]) < 1e-2 and rel_diff(alone.grad[0], prompts_.grad[r]) < 5e-2
+
+
 def test_inference_rows_by_device_and_memory(checkpoints, monkeypatch):
-    """64 rows a forward on the CPU; on a GPU up to 1,024 as the memory budget allows, never under 64."""
+    """64 rows a forward on the CPU; on a GPU up to 1,024 as the memory budget allows, at least 1."""
     model = model_t5.load_t5(checkpoints["t5-v1.0"])
     assert train.inference_rows(model, torch.device("cpu"), 50) == 64
     per_row = train.inference_bytes(model.config, data.MAX_SOURCE + 50)
-    for budget, rows in [(10 ** 15, 1024), (300 * per_row, 300), (per_row, 64)]:
+    for budget, rows in [(10 ** 15, 1024), (300 * per_row, 300), (per_row // 2, 1)]:
         monkeypatch.setattr(train, "memory_budget", lambda device, budget=budget: budget)
         assert train.inference_rows(model, torch.device("cuda"), 50) == rows
         assert train.inference_rows(model, torch.device("cuda"), 50, validation=True) == rows
+
+
+def test_inference_halves_its_batches_where_the_gpu_runs_out_of_memory():
+    """inference_rows is an estimate: a batch that runs out of memory is tried again at half the examples, and
+    every example is seen once; one example that does not fit is an error."""
+    tokens = {"source_offsets": np.arange(0, 101 * 3, 3)}  # 100 examples of 3 tokens
+    seen = []
+
+    def work(idx, fits=12):
+        if len(idx) > fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        seen.append(len(idx))
+    train.in_inference_batches(tokens, 2, 64, work)
+    assert seen[0] == 8 and sum(seen) == 100  # 64 rows // 2 runs = 32 -> 16 -> 8 examples
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        train.in_inference_batches(tokens, 1, 64, lambda idx: work(idx, fits=0))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -1945,11 +1980,13 @@ def test_cuda_training_bf16_packed_equal_alone_and_resume(tiny, tmp_path, capsys
     ("t5-base", 4, 32, 306, 4), ("t5-base", 10, 32, 150, 4)])  # the last two: the grid's source packs
 def test_cuda_activation_estimate_bounds_the_measured_memory(shape, runs, batch_size, source, target):
     """train.activation_bytes (which sizes the default --pack) against what a packed bf16 step really takes, with
-    the weights in bf16 as tpv.py trains on CUDA: an estimate that is never below the truth and at most 3x above it."""
+    the weights in bf16 as tpv.py trains on CUDA: an estimate that is never below the truth and at most 2x above it
+    (an H100 measured 1.35-1.45x)."""
     import bench
     torch.manual_seed(0)
     cfg = model_t5.T5Config(**bench.SHAPES[shape])
-    if train.activation_bytes(cfg, runs * batch_size, source, target, "bf16") > train.memory_budget(torch.device("cuda")):
+    if train.activation_bytes(cfg, runs * batch_size, source, target, torch.bfloat16) > \
+            train.memory_budget(torch.device("cuda")):
         pytest.skip(f"this GPU has too little free memory for {shape} x {runs * batch_size} rows")
     model = bench.random_t5(cfg, torch.device("cuda"), "bf16")
     ids = torch.randint(3, 32000, (batch_size, source - 50), device="cuda")
@@ -1964,7 +2001,7 @@ def test_cuda_activation_estimate_bounds_the_measured_memory(shape, runs, batch_
     losses.sum().backward()
     torch.cuda.synchronize()
     measured = torch.cuda.max_memory_allocated() - before
-    estimate = train.activation_bytes(model.config, runs * batch_size, source, target, "bf16")
+    estimate = train.activation_bytes(model.config, runs * batch_size, source, target, torch.bfloat16)
     print(f"runs {runs} x batch {batch_size}, {source}+{target} tokens: measured {measured / 2**20:,.0f} MiB, "
           f"estimated {estimate / 2**20:,.0f} MiB ({estimate / measured:.2f}x)")
-    assert measured <= estimate <= 3 * measured
+    assert measured <= estimate <= 2 * measured

@@ -241,8 +241,9 @@ def cmd_info(args):
     count = lambda module: sum(p.numel() for p in module.parameters())
     embedding = model.input_embedding().numel()
     head = "" if cfg.tie_word_embeddings else f", lm_head {model.lm_head.weight.numel():,}"
+    embedding_dtype = model.input_embedding().dtype  # T5 keeps its embedding table in fp32 (model_t5.FLOAT32_WEIGHTS)
     print(f"model      {args.model}\nloaded     {os.path.abspath(path)}\nfamily     {model.family}\n"
-          f"dtype      {model.dtype}")
+          f"dtype      {model.dtype}" + (f" (input embedding {embedding_dtype})" if embedding_dtype != model.dtype else ""))
     print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
     if model.family == "t5":
         print(f"parameters {count(model):,} in all: embedding {embedding:,}, encoder "
@@ -335,7 +336,7 @@ def load_model(args, device=torch.device("cpu"), dropout=None):
     if decoder_only and precision == "fp16":  # bf16 weights under fp16 autocast would mix both
         raise train.TrainingError("--precision fp16: decoder-only models run in bf16 (their weights' dtype on a GPU) "
                                   "or fp32; use --precision bf16")
-    dtype = train.weights_dtype(train.resolve_precision(precision, device), device)
+    dtype = train.weights_dtype(precision, device)
     model = models.load(path, device=device, dtype=dtype)
     if dropout is not None:
         model_t5.set_dropout(model, dropout)  # T5's dropouts; Llama has none

@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = 42  # transformers' default seed; the data seed is data.splits.SEED
     loss: str = "full"  # decoder-only: "full" chat text, as the official SFTTrainer runs, or the "answer" only
     # how it runs
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU (the paper ran fp32)
+    precision: str = "auto"  # auto: bf16 on CUDA (weights_dtype), fp32 on the CPU (the paper ran fp32)
     dropout: float | None = None  # None: the model's dropout_rate (0.1 for T5), as the paper trained
     data_dir: str = "data_cache"
     log_every: int = 10
@@ -126,7 +126,8 @@ def validation_interval(config, total):
 
 
 def autocast_for(precision, device):
-    """-> (autocast context factory, whether to use a gradient scaler). Weights, prompt and optimizer stay fp32."""
+    """-> (autocast context factory, whether to use a gradient scaler). The prompt and the optimizer stay fp32; the
+    weights are in weights_dtype (with bf16 weights, autocast changes nothing but the ops it runs in fp32)."""
     if precision == "fp32":
         return nullcontext, False
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -142,10 +143,12 @@ def resolve_precision(precision, device):
 
 
 def weights_dtype(precision, device):
-    """The dtype a frozen model is loaded in for a resolved --precision: bf16 on CUDA when it computes in bf16 (its
+    """The dtype a frozen model is loaded in for a --precision: bf16 on CUDA when it computes in bf16 (its
     activations then stay bf16 between the layers, as Hugging Face's model in bf16 computes; under autocast over
     fp32 weights, the casts and fp32 elementwise work took most of a t5-base step on an H100: docs/speed.md), float32
     otherwise (fp16 runs under autocast over float32 weights: T5 overflows in fp16)."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
     return torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
 
 
@@ -230,15 +233,16 @@ def clip_per_run(grad, max_norm):
     return norms
 
 
-def activation_bytes(cfg, rows, source_len, target_len, precision):
+def activation_bytes(cfg, rows, source_len, target_len, dtype):
     """An estimate, from the shapes, of the memory of one training step over `rows` sequences of source_len
     tokens (the prompt included) and target_len targets: per layer and token the saved inputs of the projections,
     layer norms and dropout masks and the attention probabilities, plus the logits in fp32 with their gradient.
-    A packed bf16 step of t5-base (bf16 weights, as on CUDA) peaked at about 8 x d_model + 3 x d_ff + 3.5 x heads
-    x keys elements per encoder layer and token (torch.cuda.max_memory_allocated on an H100: 4 runs x 32 x 306
-    tokens, 26.4 GiB; 10 x 32 x 150, 25.1 GiB; docs/speed.md); the coefficients below leave a third more for the
-    step's transient tensors, and test_tpv.py checks the estimate against the measured peak on a GPU."""
-    element = 4 if precision == "fp32" else 2
+    dtype: the weights' (bf16 weights keep the activations in bf16; fp32 weights under autocast keep the residual
+    stream in fp32, so they count as fp32). A packed step of t5-base with bf16 weights peaked at about 8 x d_model +
+    3 x d_ff + 3.5 x heads x keys elements per encoder layer and token (torch.cuda.max_memory_allocated on an H100:
+    4 runs x 32 x 310 tokens, 25,630 MiB; 10 x 32 x 154, 24,200 MiB; docs/speed.md); the coefficients below come to
+    1.35-1.45 times the measured peaks, room for the step's transient tensors, and test_tpv.py checks them on a GPU."""
+    element = 2 if dtype == torch.bfloat16 else 4
     d, ff, heads = cfg.d_model, cfg.d_ff, cfg.num_heads
     encoder = cfg.num_layers * source_len * (14 * d + 4 * ff + 4 * heads * source_len)
     decoder = cfg.num_decoder_layers * target_len * (32 * d + 6 * ff + 6 * heads * (target_len + source_len))
@@ -265,7 +269,7 @@ def memory_budget(device):
 
 def largest_pack(cfg, batch_size, source_len, target_len, precision, device):
     """The most runs whose packed step fits memory_budget(device) (at least 1)."""
-    per_run = activation_bytes(cfg, batch_size, source_len, target_len, precision)
+    per_run = activation_bytes(cfg, batch_size, source_len, target_len, weights_dtype(precision, device))
     return max(1, memory_budget(device) // per_run)
 
 
@@ -296,23 +300,44 @@ def inference_rows(model, device, prompt_len, validation=False):
     if device.type != "cuda":
         return 64
     fit = memory_budget(device) // inference_bytes(model.config, data.MAX_SOURCE + prompt_len)
-    return int(min(GPU_INFERENCE_ROWS, max(64, fit)))
+    return int(min(GPU_INFERENCE_ROWS, max(1, fit)))
 
 
 @torch.no_grad()
+def in_inference_batches(tokens, runs, rows, work):
+    """Calls work(idx) over the examples of `tokens`, shortest first (less padding), about rows // runs at a time
+    (each example is repeated for the runs). rows comes from inference_rows, an estimate: where the GPU runs out of
+    memory, the slice is halved and tried again, down to one example."""
+    order = np.argsort(data.lengths(tokens), kind="stable")
+    step, start = max(1, rows // runs), 0
+    while start < len(order):
+        idx = order[start:start + step]
+        try:
+            work(idx)
+            start += len(idx)
+            continue
+        except torch.cuda.OutOfMemoryError:
+            if step == 1:
+                raise
+        step //= 2  # out of the except block: the failed batch's tensors are gone, so the cache can be emptied
+        torch.cuda.empty_cache()
+
+
 def validation_losses(model, tokens, prompts, autocast, device, make_batch):
-    """(R,) mean cross-entropy per target token over a whole split for each of R prompts (R, n, d), dropout off.
-    About inference_rows rows per forward: that // R examples, each repeated for the R runs."""
-    batch_size = inference_rows(model, device, prompts.shape[1], validation=True)
+    """(R,) mean cross-entropy per target token over a whole split for each of R prompts (R, n, d), dropout off,
+    in_inference_batches."""
     model.eval()
     totals, count = torch.zeros(prompts.shape[0], dtype=torch.float64), 0
-    order = np.argsort(data.lengths(tokens), kind="stable")
-    step = max(1, batch_size // prompts.shape[0])
-    for start in range(0, len(order), step):
-        batch = {k: v.to(device) for k, v in make_batch(tokens, order[start:start + step]).items()}
+
+    def add(idx):
+        nonlocal totals, count
+        batch = {k: v.to(device) for k, v in make_batch(tokens, idx).items()}
         with autocast():
             totals += packed_loss(model, prompts, batch).double().cpu()
         count += int((batch["labels"] != -100).sum())
+    # every rank validates: the same rows on all (their free memory may differ), so that all pick the same best step
+    rows = same_on_all_ranks(inference_rows(model, device, prompts.shape[1], validation=True))
+    in_inference_batches(tokens, prompts.shape[0], rows, add)
     model.train()
     return (totals / max(count, 1)).tolist()
 
