@@ -661,20 +661,21 @@ class Timings:
         self.autocast, _ = train.autocast_for(precision, device)
         self.steps, self.max_rows, self.device, self.log = steps, max_rows, device, log
         self.cache = {}
+        # rows per inference forward, as train.validation_losses and evaluation.predict take them; read once, so
+        # that the memory the timings cache cannot change them (and with them the settings timed)
+        self.validation_rows = train.inference_rows(self.model, device, prompt_len, validation=True)
+        self.generation_rows = train.inference_rows(self.model, device, prompt_len)
 
     def step(self, batch, pack, source, target):
         return self.interpolated("step", batch, pack, source, target)
 
     def validation(self, source, target):
-        """Per example and run: train.validation_losses forwards train.inference_rows rows at a time, whatever the
-        pack."""
-        rows = train.inference_rows(self.model, self.device, self.prompt_len, validation=True)
-        return self.interpolated("validation", rows, 1, source, target) / rows
+        """Per example and run: train.validation_losses forwards validation_rows rows at a time, whatever the pack."""
+        return self.interpolated("validation", self.validation_rows, 1, source, target) / self.validation_rows
 
     def generation(self, source, longest):
-        """Per example: evaluation.predict decodes train.inference_rows examples at a time, one prompt."""
-        rows = train.inference_rows(self.model, self.device, self.prompt_len)
-        return self.interpolated("generation", rows, 1, source, longest) / rows
+        """Per example: evaluation.predict decodes generation_rows examples at a time, one prompt."""
+        return self.interpolated("generation", self.generation_rows, 1, source, longest) / self.generation_rows
 
     def interpolated(self, kind, batch, pack, source, target):
         (s0, s1), (t0, t1) = self.SOURCES, self.TARGETS

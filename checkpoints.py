@@ -208,8 +208,9 @@ def load_weights(model, path, device, dtype, tied_names=(), ignored=(), float32_
     """Fills a model built by build() with the tensors of path's safetensors files, one tensor at a time.
 
     tied_names: the names under which a checkpoint may store the one embedding the model ties (its own name
-    first); ignored: names Hugging Face also ignores; float32_names: weights loaded in float32 whatever dtype. Every problem (missing, unexpected, wrong shape, not a
-    float, NaN, tied copies that differ) is collected and reported together in one CheckpointError.
+    first); ignored: names Hugging Face also ignores; float32_names: weights loaded in float32 whatever dtype.
+    Every problem (missing, unexpected, wrong shape, not a float, NaN, tied copies that differ) is collected and
+    reported together in one CheckpointError.
     """
     check_dtype(dtype)
     expected = {name: p.shape for name, p in model.named_parameters()}  # tied weights appear once

@@ -6,6 +6,7 @@ checkpoints of each config family with `save_pretrained` and compare our model w
 Tests that read ../shared (the real dataset samples, the T5 vocabulary) skip when it is absent.
 """
 import csv
+from contextlib import nullcontext
 import dataclasses
 from collections import Counter
 import hashlib
@@ -160,6 +161,21 @@ def test_inference_rows_by_device_and_memory(checkpoints, monkeypatch):
         monkeypatch.setattr(train, "memory_budget", lambda device, budget=budget: budget)
         assert train.inference_rows(model, torch.device("cuda"), 50) == rows
         assert train.inference_rows(model, torch.device("cuda"), 50, validation=True) == rows
+
+
+def test_validation_runs_without_autograd(checkpoints, monkeypatch):
+    model = model_t5.load_t5(checkpoints["t5-v1.0"])
+    tokens = {"source_offsets": np.arange(0, 11 * 3, 3)}  # 10 examples
+    grad_enabled = []
+
+    def fake_loss(model, prompts, batch):
+        grad_enabled.append(torch.is_grad_enabled())
+        return torch.zeros(prompts.shape[0])
+    monkeypatch.setattr(train, "packed_loss", fake_loss)
+    make_batch = lambda tokens, idx: {"labels": torch.ones(len(idx), 2)}
+    prompts_ = torch.nn.Parameter(torch.randn(2, 5, 32))
+    train.validation_losses(model, tokens, prompts_, nullcontext, torch.device("cpu"), make_batch)
+    assert grad_enabled and not any(grad_enabled)
 
 
 def test_inference_halves_its_batches_where_the_gpu_runs_out_of_memory():

@@ -239,11 +239,11 @@ def cmd_info(args):
     model = models.load(path, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     cfg = model.config
     count = lambda module: sum(p.numel() for p in module.parameters())
-    embedding = model.input_embedding().numel()
+    table = model.input_embedding()  # T5 keeps it in fp32 whatever the dtype (model_t5.FLOAT32_WEIGHTS)
+    embedding = table.numel()
     head = "" if cfg.tie_word_embeddings else f", lm_head {model.lm_head.weight.numel():,}"
-    embedding_dtype = model.input_embedding().dtype  # T5 keeps its embedding table in fp32 (model_t5.FLOAT32_WEIGHTS)
     print(f"model      {args.model}\nloaded     {os.path.abspath(path)}\nfamily     {model.family}\n"
-          f"dtype      {model.dtype}" + (f" (input embedding {embedding_dtype})" if embedding_dtype != model.dtype else ""))
+          f"dtype      {model.dtype}" + (f" (input embedding {table.dtype})" if table.dtype != model.dtype else ""))
     print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
     if model.family == "t5":
         print(f"parameters {count(model):,} in all: embedding {embedding:,}, encoder "

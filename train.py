@@ -303,7 +303,6 @@ def inference_rows(model, device, prompt_len, validation=False):
     return int(min(GPU_INFERENCE_ROWS, max(1, fit)))
 
 
-@torch.no_grad()
 def in_inference_batches(tokens, runs, rows, work):
     """Calls work(idx) over the examples of `tokens`, shortest first (less padding), about rows // runs at a time
     (each example is repeated for the runs). rows comes from inference_rows, an estimate: where the GPU runs out of
@@ -323,6 +322,7 @@ def in_inference_batches(tokens, runs, rows, work):
         torch.cuda.empty_cache()
 
 
+@torch.no_grad()
 def validation_losses(model, tokens, prompts, autocast, device, make_batch):
     """(R,) mean cross-entropy per target token over a whole split for each of R prompts (R, n, d), dropout off,
     in_inference_batches."""
