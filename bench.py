@@ -40,12 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import checkpoints
+from support import weights
 import cli
 import data
 import evaluation
 import experiments
-import hub
+from support import hub
 import model_llama
 import model_t5
 import train
@@ -962,7 +962,7 @@ def llama_step(args):
 
 def llama_parameters(cfg):
     """{name: shape} of a Llama's weights, from the network built on the meta device (no memory)."""
-    return {name: p.shape for name, p in checkpoints.build(model_llama.Llama, cfg).named_parameters()}
+    return {name: p.shape for name, p in weights.build(model_llama.Llama, cfg).named_parameters()}
 
 
 def llama_of_size(size):

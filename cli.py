@@ -9,8 +9,8 @@ import os
 import sys
 
 import data
-import instruct
-import hub
+from data import instruct
+from support import hub
 import prompts
 import runs
 from train import TrainConfig

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import torch
 
 import data
-import instruct
+from data import instruct
 import metrics
 import model_llama
 import model_t5

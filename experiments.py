@@ -14,9 +14,9 @@ import torch
 
 import data
 import evaluation
-import files
+from support import files
 import metrics
-import plots
+from support import plots
 import prompts
 import runs
 

@@ -21,10 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import bpe
-import chat
-import decoding
-from checkpoints import (POSITIVE, TOKEN_ID, CheckpointError, build, check_fields, json_text, load_weights,
+from support import bpe
+from support import chat
+from support import decoding
+from support.weights import (POSITIVE, TOKEN_ID, CheckpointError, build, check_fields, json_text, load_weights,
                          model_file, model_folder, read_config, rule, save_weights)
 import model_t5  # shared small pieces: the soft prompt's shape check, the additive attention mask
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import decoding
-from checkpoints import (FRACTION, POSITIVE, TOKEN_ID, CheckpointError, build, check_dtype, check_fields,
+from support import decoding
+from support.weights import (FRACTION, POSITIVE, TOKEN_ID, CheckpointError, build, check_dtype, check_fields,
                          load_weights, model_file, model_folder, read_config, save_weights)
 
 

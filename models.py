@@ -9,7 +9,7 @@ import os
 
 import torch
 
-import checkpoints
+from support import weights
 import model_llama
 import model_t5
 
@@ -20,10 +20,10 @@ NAMES = {model_t5: "T5", model_llama: "Llama (Llama 3, DeepSeek-LLM)"}
 
 def family_at(path):
     """The family module of a model folder, from its config.json's model_type."""
-    kind = checkpoints.model_type(checkpoints.model_file(checkpoints.model_folder(path), "config.json",
+    kind = weights.model_type(weights.model_file(weights.model_folder(path), "config.json",
                                                          "the model config"))
     if type(kind) is not str or kind not in FAMILIES:
-        raise checkpoints.CheckpointError(f"{path}/config.json: model_type {checkpoints.json_text(kind)} is a model "
+        raise weights.CheckpointError(f"{path}/config.json: model_type {weights.json_text(kind)} is a model "
                                           f"family tpv does not implement (it implements "
                                           f"{', '.join(sorted(set(NAMES.values())))})")
     return FAMILIES[kind]

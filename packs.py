@@ -26,7 +26,7 @@ from safetensors import safe_open
 
 import data
 import evaluation
-import files
+from support import files
 import runs
 import train
 

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-import files
+from support import files
 
 FORMAT_VERSION = "2"  # 2: every writer records the same metadata keys (task, model, origin, init); 1 still loads
 READABLE_VERSIONS = ("1", "2")

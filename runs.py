@@ -17,7 +17,7 @@ import re
 from typing import NamedTuple
 
 import data
-import files
+from support import files
 import prompts
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import bench
-import checkpoints
+from support import weights
 import model_llama
 import model_t5
 import train
@@ -145,8 +145,8 @@ def test_llama_step_refuses_to_time_different_work(monkeypatch):
 
 def test_random_checkpoints_of_a_size_load_alike_from_one_file_and_from_shards(tmp_path):
     cfg = bench.llama_of_size(4 * 2 ** 20)
-    size = 2 * sum(p.numel() for p in checkpoints.build(model_llama.Llama, cfg).parameters())
-    layer = 2 * sum(p.numel() for p in checkpoints.build(model_llama.Llama, cfg).model.layers[0].parameters())
+    size = 2 * sum(p.numel() for p in weights.build(model_llama.Llama, cfg).parameters())
+    layer = 2 * sum(p.numel() for p in weights.build(model_llama.Llama, cfg).model.layers[0].parameters())
     assert abs(size - 4 * 2 ** 20) <= layer / 2  # the nearest number of layers
     loaded = {}
     for layout, max_shard in (("one", None), ("shards", 2 ** 19)):

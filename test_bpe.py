@@ -13,10 +13,10 @@ import unicodedata
 
 import pytest
 
-import bpe
-import chat
+from support import bpe
+from support import chat
 import data
-import instruct
+from data import instruct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "shared")

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import data
-import files
-import hub
+from support import files
+from support import hub
 import model_t5
 
 HERE = os.path.dirname(os.path.abspath(__file__))

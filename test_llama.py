@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoints
+from support import weights
 import model_llama
 
 VOCAB = 300
@@ -257,7 +257,7 @@ def edited_config(folder, tmp_path, **changes):
 ])
 def test_bad_config_is_one_line_naming_the_problem(llamas, tmp_path, changes, message):
     folder = edited_config(llamas["llama-3.1"], tmp_path, **changes)
-    with pytest.raises(checkpoints.CheckpointError) as e:
+    with pytest.raises(weights.CheckpointError) as e:
         model_llama.load_llama(folder)
     assert message in str(e.value) and "\n" not in str(e.value)
 
@@ -271,7 +271,7 @@ def test_tied_head_may_be_stored_twice_but_must_agree(llamas, tmp_path):
     model_llama.load_llama(str(tmp_path))
     tensors["lm_head.weight"] += 1
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(checkpoints.CheckpointError, match="model.embed_tokens.weight differs from lm_head.weight"):
+    with pytest.raises(weights.CheckpointError, match="model.embed_tokens.weight differs from lm_head.weight"):
         model_llama.load_llama(str(tmp_path))
 
 
@@ -397,7 +397,7 @@ def model_copy(tiny, tmp_path, name, config=None, tokenizer=None):
 
 
 def test_download_of_a_gated_llama(tiny_llama, tmp_path, monkeypatch):
-    import hub
+    from support import hub
     import models
     from test_tpv import FakeHub, checkpoint_files
     server = FakeHub({}, token="secret")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import checkpoints
-import hub
+from support import weights
+from support import hub
 import model_t5
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -234,7 +234,7 @@ def every_tensor(model):
     return {**model.state_dict(), **dict(model.named_buffers(remove_duplicate=False))}
 
 
-@pytest.mark.parametrize("dtype", checkpoints.LOADABLE_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", weights.LOADABLE_DTYPES, ids=str)
 @pytest.mark.parametrize("config", [TINY, UNTIED], ids=["tied", "untied"])
 def test_loaded_model_is_the_saved_one(tmp_path, config, dtype):
     saved = random_model(config)

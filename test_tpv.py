@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hub
+from support import hub
 import model_t5
 import tpv
 

@@ -28,16 +28,16 @@ import time
 from contextlib import nullcontext
 
 import torch
-import bpe
-import chat
-import checkpoints
+from support import bpe
+from support import chat
+from support import weights
 import cli
 import data
 import evaluation
 import experiments
-import files
-import hub
-import interchange
+from support import files
+from support import hub
+from support import interchange
 import metrics
 import model_llama
 import model_t5
@@ -48,7 +48,7 @@ import runs
 import train
 from train import TrainConfig
 
-USER_ERRORS = (checkpoints.CheckpointError, bpe.TokenizerError, chat.ChatError, hub.DownloadError, data.DataError,
+USER_ERRORS = (weights.CheckpointError, bpe.TokenizerError, chat.ChatError, hub.DownloadError, data.DataError,
                prompts.PromptError, train.TrainingError, evaluation.EvaluationError, runs.RunError, files.FileError)
 
 
@@ -259,7 +259,7 @@ def cmd_info(args):
 
 
 def cmd_convert(args):
-    path, kept, dropped = checkpoints.convert_bin(args.dir, args.force)
+    path, kept, dropped = weights.convert_bin(args.dir, args.force)
     print(f"wrote {path}: {kept} tensors ({dropped} tied duplicates dropped)")
 
 

@@ -29,8 +29,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import data
-import files
-import instruct
+from support import files
+from data import instruct
 import model_llama
 import model_t5
 

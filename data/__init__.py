@@ -13,7 +13,7 @@ few-shot), batches.py (tokenisation cache, batches), download.py (original distr
 """
 from collections import Counter
 
-import instruct
+from . import instruct
 
 from .batches import (MAX_SOURCE, cached_tokens, collate, collate_causal, collate_prefixes, concat, epoch_batches,
                       lengths, padding_stats, select, tokenize)

@@ -11,8 +11,8 @@ import zipfile
 import numpy as np
 import torch
 
-import files
-import instruct
+from support import files
+from . import instruct
 
 from .tasks import DataError
 

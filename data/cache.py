@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-import files
+from support import files
 
 from .tasks import JSON_KINDS, DataError, excerpt, text_problem
 

@@ -11,8 +11,8 @@ import shutil
 import tarfile
 import zipfile
 
-import files
-import hub
+from support import files
+from support import hub
 
 from .tasks import DataError
 

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
-import files
+from support import files
 
 
 class DownloadError(RuntimeError):

@@ -13,7 +13,7 @@ call added a second one in front of the template's; DeepSeek-LLM's rendered text
 """
 import functools
 
-import chat
+from support import chat
 
 LOSSES = ("full", "answer")  # full: every token of the chat text (the official SFTTrainer); answer: the answer only
 MAX_LENGTH = 512  # the official SFTTrainer max_seq_length, prefix + answer (the prompt vectors come on top)

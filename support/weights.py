@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-import files
+from support import files
 
 
 class CheckpointError(ValueError):
