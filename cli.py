@@ -9,10 +9,11 @@ import os
 import sys
 
 import data
-from data import instruct
-from support import hub
+import families
 import prompts
 import runs
+from data import instruct
+from support import devices, hub
 from train import TrainConfig
 
 
@@ -62,6 +63,15 @@ def learning_rate(text):
     return value
 
 
+def precision(text):
+    if text == "fp16":
+        raise argparse.ArgumentTypeError("fp16 is not supported (T5 overflows in it): use bf16, the precision T5 was "
+                                         "trained in, or fp32")
+    if text not in devices.PRECISIONS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(devices.PRECISIONS)}, got {text}")
+    return text
+
+
 def lambda_value(text):
     """auto (None: sweep on validation) or a number in [0, 1]."""
     if text == "auto":
@@ -101,7 +111,7 @@ def run_options():
                    help=f"which of the paper's 10 origins (default {TrainConfig.origin})")
     p.add_argument("--prompt-len", type=at_least(1),
                    help=f"soft prompt vectors (default {TrainConfig.prompt_len}; decoder-only models 100)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=TrainConfig.precision,
+    p.add_argument("--precision", type=precision, default=TrainConfig.precision, metavar="{auto,fp32,bf16}",
                    help="auto: bf16 on CUDA (bf16 weights), fp32 on the CPU")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--scoring", choices=["generate", "rank"], default="generate",
@@ -202,7 +212,7 @@ def add_setup_commands(sub, common):
     p.add_argument("--force", action="store_true", help="replace an existing model.safetensors")
     p = sub.add_parser("tiny-model", help="write a small random T5 or Llama (for smoke runs)")
     p.add_argument("dir")
-    p.add_argument("--family", choices=["t5", "llama"], default="t5")
+    p.add_argument("--family", choices=sorted(families.BY_NAME), default=families.DEFAULT.FAMILY)
     p.add_argument("--spiece", help="T5: a sentencepiece vocabulary (spiece.model)")
     p.add_argument("--tokenizer", help="Llama: a byte-level BPE tokenizer.json (with tokenizer_config.json beside it, "
                                        "when there is one)")

@@ -1,6 +1,7 @@
 """
 Evaluation of a prompt on a task's split (paper §5): greedy generation of the label words (the paper), or
-ranking the label words by log-probability (--scoring rank); then the paper's metrics (metrics.py).
+ranking the label words by log-probability (--scoring rank); then the paper's metrics (metrics.py). And the
+validation loss that picks a run's best prompt.
 
     metrics = evaluate(model, tokenizer, task, (tokens, rows), prompt, **options(scoring, precision, device))
     [metrics, ...] = evaluate_all(model, tokenizer, task, (tokens, rows), prompts, **options(...))  # (R, n, d)
@@ -12,11 +13,9 @@ from contextlib import nullcontext
 import torch
 
 import data
-from data import instruct
+import families
 import metrics
-import model_llama
-import model_t5
-import train
+from support import devices
 
 
 class EvaluationError(ValueError):
@@ -25,8 +24,8 @@ class EvaluationError(ValueError):
 
 def options(scoring, precision, device, max_new_tokens=None):
     """The keyword arguments of evaluate() for a --scoring and --precision on a device."""
-    autocast, _ = train.autocast_for(train.resolve_precision(precision, device), device)
-    return {"scoring": scoring, "device": device, "autocast": autocast, "max_new_tokens": max_new_tokens}
+    return {"scoring": scoring, "device": device, "autocast": devices.autocast_for(precision, device),
+            "max_new_tokens": max_new_tokens}
 
 
 def evaluate(model, tokenizer, task, split, prompt, **kw):
@@ -50,22 +49,12 @@ def evaluate_all(model, tokenizer, task, split, prompts, **kw):
 def predict(model, task, tokens, tokenizer, prompts, scoring="generate", device="cpu", autocast=nullcontext,
             max_new_tokens=None, label=""):
     """Predicted label words (strings) of every example for each of R prompts (R, n, d) (None: the model alone),
-    with a progress line on long runs; batched by train.in_inference_batches (each example repeated for the R
-    prompts)."""
-    device = torch.device(device)
+    with a progress line on long runs; the family predicts a batch (predict_words), devices.in_inference_batches
+    cuts them."""
+    device, family = torch.device(device), families.of(model)
     model.eval()
-    if model.family == "t5":
-        candidates = [tokenizer.encode(w) for w in task.labels] if task.labels else None
-        family, make_batch = model_t5, data.collate
-    else:  # decoder-only: the answers as the chat writes them after the prefix, e.g. "not entailment<|eot_id|>"
-        candidates = [instruct.answer_ids(tokenizer, tokenizer.chat_format, w) for w in task.words]
-        family = model_llama
-        make_batch = lambda tokens, idx: data.collate_prefixes(tokens, idx, model_llama.pad_id(model.config))
-    if scoring == "rank" and not candidates:
+    if scoring == "rank" and not family.label_words(task):
         raise EvaluationError(f"--scoring rank needs label words; {task.name} is a regression task")
-    if max_new_tokens is None:  # T5: a generation longer than every label word cannot be one (README)
-        max_new_tokens = (instruct.MAX_NEW_TOKENS if model.family != "t5" else
-                          max(len(c) for c in candidates) + 4 if candidates else 8)
     R = 1 if prompts is None else prompts.shape[0]
     prompts = None if prompts is None else prompts.to(device)
     total = len(data.lengths(tokens))
@@ -73,26 +62,37 @@ def predict(model, task, tokens, tokenizer, prompts, scoring="generate", device=
 
     def predict_batch(idx):
         nonlocal shown, done
-        batch = {k: v.to(device) for k, v in make_batch(tokens, idx).items()}
-        ids, mask = batch["input_ids"].repeat(R, 1), batch["attention_mask"].repeat(R, 1)  # (R*B, S), run-major
-        prompt_rows = None if prompts is None else prompts.repeat_interleave(len(idx), dim=0)  # (R*B, n, d)
         with autocast():
-            if scoring == "rank":
-                scores = family.score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
-                words = [(task.labels or task.words)[j] for j in scores.argmax(-1).tolist()]
-            else:
-                out = family.generate_greedy(model, ids, mask, prompt_rows, max_new_tokens)
-                words = [tokenizer.decode(ids).strip() for ids in out.tolist()]
-                if model.family != "t5":
-                    words = [instruct.label_of(task, w) for w in words]
-        for k, word in enumerate(words):
-            predictions[k // len(idx)][idx[k % len(idx)]] = word
+            words = family.predict_words(model, tokenizer, task, tokens, idx, prompts, scoring, max_new_tokens)
+        for r, per_prompt in enumerate(words):
+            for i, word in zip(idx, per_prompt):
+                predictions[r][i] = word
         done += len(idx)
         if time.time() - shown > 5 and done < total:
             rate = done / (time.time() - started)
             print(f"  eval {label}: {done:,}/{total:,} examples{f' x {R} prompts' if R > 1 else ''}, "
                   f"{rate:,.0f} ex/s, ETA {(total - done) / rate:,.0f}s", file=sys.stderr, flush=True)
             shown = time.time()
-    rows = train.inference_rows(model, device, 0 if prompts is None else prompts.shape[1])
-    train.in_inference_batches(tokens, R, rows, predict_batch)
+    rows = family.inference_rows(model, device, 0 if prompts is None else prompts.shape[1])
+    devices.in_inference_batches(data.lengths(tokens), R, rows, predict_batch)
     return predictions
+
+
+@torch.no_grad()
+def validation_losses(model, tokens, prompts, autocast, make_batch):
+    """(R,) mean cross-entropy per target token over a whole split for each of R prompts (R, n, d), dropout off,
+    in devices.in_inference_batches."""
+    family, device = families.of(model), prompts.device
+    model.eval()
+    totals, count = torch.zeros(prompts.shape[0], dtype=torch.float64), 0
+
+    def add(idx):
+        nonlocal totals, count
+        batch = {k: v.to(device) for k, v in make_batch(tokens, idx).items()}
+        with autocast():
+            totals += family.run_losses(model, prompts, batch).double().cpu()
+        count += int((batch["labels"] != -100).sum())
+    rows = family.inference_rows(model, device, prompts.shape[1], validation=True)
+    devices.in_inference_batches(data.lengths(tokens), prompts.shape[0], rows, add)
+    model.train()
+    return (totals / max(count, 1)).tolist()

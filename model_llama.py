@@ -14,6 +14,7 @@ References (the "why" of every quirk is cited at the line that implements it):
 """
 import math
 import os
+import shutil
 from dataclasses import dataclass, fields
 
 import torch
@@ -21,12 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from support import bpe
+import data
+from data import instruct
+from support import bpe, files
 from support import chat
 from support import decoding
+from support import layers
 from support.weights import (POSITIVE, TOKEN_ID, CheckpointError, build, check_fields, json_text, load_weights,
                          model_file, model_folder, read_config, rule, save_weights)
-import model_t5  # shared small pieces: the soft prompt's shape check, the additive attention mask
 
 # -----------------------------------------------------------------------------
 # config: the field names are the keys of Hugging Face's config.json
@@ -105,7 +108,7 @@ class LlamaConfig:
 # -----------------------------------------------------------------------------
 # the network; module names make state_dict() keys equal Hugging Face's
 
-class RMSNorm(model_t5.RMSNorm):
+class RMSNorm(layers.RMSNorm):
     """LlamaRMSNorm: T5's weight and eps, but the normalised x goes back to the input dtype *before* the scale."""
 
     def forward(self, x):
@@ -253,7 +256,7 @@ class Llama(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         h = self.model.embed_tokens(input_ids)  # (B, T, d)
         if prompt is not None:  # PEFT prompt tuning: prepend, mask ones; cast where the fp32 prompt joins bf16 weights
-            prompt = model_t5.check_prompt(prompt, B, self.width).to(h.dtype)
+            prompt = layers.check_prompt(prompt, B, self.width).to(h.dtype)
             h = torch.cat([prompt.expand(B, -1, -1), h], dim=1)  # (B, n+T, d)
             attention_mask = torch.cat([attention_mask.new_ones(B, prompt.shape[-2]), attention_mask], dim=1)
         return h, attention_mask
@@ -279,7 +282,7 @@ class Llama(nn.Module):
         # right padding needs no mask: a causal token never sees the pads after it (and the fused causal kernel
         # is the fastest); any other padding gets the causal mask and the key mask, as the most negative float
         # and not -inf: a left pad's query row, with nothing allowed, stays finite instead of spreading NaN (as HF)
-        bias = None if right_padded else model_t5.additive_mask(causal(mask), h.dtype)
+        bias = None if right_padded else layers.additive_mask(causal(mask), h.dtype)
         return self.run(h, positions_from(mask), bias)
 
     def forward(self, input_ids, attention_mask=None, prompt=None):
@@ -341,12 +344,12 @@ def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_
     def next_logits(step, token):
         nonlocal mask, positions
         if token is None:  # the whole input first (its keys/values go to the cache), then one token per step
-            h_in, bias = h, model_t5.additive_mask(causal(mask), h.dtype)
+            h_in, bias = h, layers.additive_mask(causal(mask), h.dtype)
         else:
             mask = torch.cat([mask, token.new_ones(token.shape[0], 1)], dim=1)  # (B, K+1)
             positions = positions[:, -1:] + 1  # (B, 1)
             h_in = model.model.embed_tokens(token)  # (B, 1, d)
-            bias = model_t5.additive_mask(causal(mask, 1), h.dtype)  # (B, 1, 1, K+1)
+            bias = layers.additive_mask(causal(mask, 1), h.dtype)  # (B, 1, 1, K+1)
         return model.lm_head(model.run(h_in, positions, bias, cache)[:, -1])  # (B, d) @ (d, V) -> (B, V)
     return decoding.greedy(next_logits, input_ids.shape[0], input_ids.device, max_new_tokens, cfg.eos_token_id or [],
                            pad_id(cfg))
@@ -363,7 +366,7 @@ def score_candidates(model, input_ids, attention_mask, prompt, candidates):
     h, mask = model.embed(input_ids, attention_mask, prompt)
     cache = [None] * model.config.num_hidden_layers
     positions = positions_from(mask)
-    bias = model_t5.additive_mask(causal(mask), h.dtype)
+    bias = layers.additive_mask(causal(mask), h.dtype)
     last = model.run(h, positions, bias, cache)[:, -1]  # (B, d): the state that predicts each candidate's token 0
     tokens, offset, seg, own = decoding.pack(candidates, device)  # (L,) x 3, (L, L) block-diagonal causal
     B, L = input_ids.shape[0], len(tokens)
@@ -372,7 +375,7 @@ def score_candidates(model, input_ids, attention_mask, prompt, candidates):
     # (B, 1, L, S) the input's real tokens, beside (B, 1, L, L) the candidate's own: -> (B, 1, L, S+L)
     allowed = torch.cat([mask.bool()[:, None, None, :].expand(B, 1, L, -1), own.expand(B, 1, L, L)], dim=-1)
     hidden = model.run(model.model.embed_tokens(inputs), positions[:, -1:] + 1 + offset,
-                       model_t5.additive_mask(allowed, h.dtype), cache)  # (B, L, d)
+                       layers.additive_mask(allowed, h.dtype), cache)  # (B, L, d)
     previous = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (B, L, d): the state before each token
     first = offset == 0
     previous[:, first] = last[:, None]  # (B, 1, d) into (B, C, d): each candidate starts after the input
@@ -397,11 +400,138 @@ def save_llama(model, folder):
     save_weights(model, folder, {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **cfg})
 
 
+class Tokenizer(bpe.Tokenizer):
+    """Byte-level BPE (bpe.py) and the model's chat format (chat.py), in which an example becomes chat text."""
+
+    example_limit = instruct.MAX_LENGTH
+
+    def encode_example(self, task, row, max_source=None):
+        """A task's example -> (chat prefix ids, answer ids, whether it is longer than instruct.MAX_LENGTH: the
+        batches cut it, by --loss). max_source is T5's: the chat text is cut as a whole."""
+        if self.chat_format is None:
+            raise data.DataError(f"{self.model_file}: no tokenizer_config.json with a chat template beside it; tpv "
+                                 f"writes the tasks in the model's chat format, so copy the model's "
+                                 f"tokenizer_config.json there")
+        ids, answer = instruct.example_ids(self, self.chat_format, task, row)
+        return ids, answer, len(ids) + len(answer) > instruct.MAX_LENGTH
+
+
 def load_tokenizer(path):
-    """A folder holding tokenizer.json (and tokenizer_config.json), or the tokenizer.json itself -> bpe.Tokenizer,
+    """A folder holding tokenizer.json (and tokenizer_config.json), or the tokenizer.json itself -> Tokenizer,
     with the chat format its tokenizer_config.json's template names (chat.py; None without that file)."""
-    tokenizer = bpe.load_tokenizer(path)
+    tokenizer = bpe.load_tokenizer(path, Tokenizer)
     config = os.path.join(os.path.dirname(tokenizer.model_file), "tokenizer_config.json")
     if os.path.isfile(config):
         tokenizer.chat_format = chat.chat_format(config)
     return tokenizer
+
+
+# -----------------------------------------------------------------------------
+# the family interface (families.py): what the loop, evaluation and the command line ask of a decoder-only model
+
+FAMILY, NAME, PEFT_TASK_TYPE = "llama", "Llama (Llama 3, DeepSeek-LLM)", "CAUSAL_LM"
+OPTIONS = ("checkpointing", "loss")  # recompute layers in the backward; the loss over the chat text or the answer
+load = load_llama
+
+
+def recipe_defaults(task):
+    """The official LLM runs (llama31_8b_instruct.toml, per-task tomls): 100 vectors, batch 4, cosine schedule with
+    3 % warm-up, validation at every tenth of the run, 10 epochs (TREC 20)."""
+    return {"epochs": 20 if task == "trec" else 10, "batch_size": 4, "prompt_len": 100, "schedule": "cosine",
+            "warmup_ratio": 0.03, "eval_every": None}
+
+
+def batch_maker(model, tokenizer, loss):
+    """The chat text of each example, its labels by --loss (data/instruct.py)."""
+    tail = instruct.tail_length(tokenizer, tokenizer.chat_format)
+    return lambda tokens, idx: data.collate_causal(tokens, idx, pad_id(model.config), loss, tail)
+
+
+def run_losses(model, prompts, batch):
+    """prompts (R, n, d), a batch of B chat texts -> (R,) summed cross-entropy of each prompt over its own copy of
+    the batch: each label token given the prompt and the tokens before it (token_losses)."""
+    R, B = prompts.shape[0], batch["input_ids"].shape[0]
+    rows = {k: v.repeat(R, 1) for k, v in batch.items()}  # (R*B, L), prompt-major
+    token_loss = token_losses(model, rows["input_ids"], rows["attention_mask"], rows["labels"],
+                              prompts.repeat_interleave(B, dim=0))  # (R*B, L)
+    return token_loss.view(R, -1).sum(1)  # (R,)
+
+
+def label_words(task):
+    """What the chat model answers: the task's label words with spaces; STS-B's scores on a 0.2 grid."""
+    return task.words
+
+
+def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generate", max_new_tokens=None):
+    """The label words predicted for examples idx with each of R prompts (R, n, d) (None: the model alone): the
+    reply generated after the chat prefix matched to the task's label words (instruct.label_of), or the best-scoring
+    answer (scoring="rank"). -> R lists of len(idx) words, in T5's spelling for the metrics."""
+    batch = data.collate_prefixes(tokens, idx, pad_id(model.config))
+    ids, mask = (batch[k].to(model.lm_head.weight.device) for k in ("input_ids", "attention_mask"))
+    R, B = 1 if prompts is None else prompts.shape[0], len(idx)
+    ids, mask = ids.repeat(R, 1), mask.repeat(R, 1)  # (R*B, S), prompt-major
+    prompt_rows = None if prompts is None else prompts.repeat_interleave(B, dim=0)  # (R*B, n, d)
+    if scoring == "rank":  # the answers as the chat writes them after the prefix, e.g. "not entailment<|eot_id|>"
+        candidates = [instruct.answer_ids(tokenizer, tokenizer.chat_format, w) for w in task.words]
+        scores = score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
+        words = [(task.labels or task.words)[j] for j in scores.argmax(-1).tolist()]
+    else:
+        out = generate_greedy(model, ids, mask, prompt_rows, max_new_tokens or instruct.MAX_NEW_TOKENS)
+        words = [instruct.label_of(task, tokenizer.decode(row).strip()) for row in out.tolist()]
+    return [words[r * B:(r + 1) * B] for r in range(R)]
+
+
+def inference_rows(model, device, prompt_len, validation=False):
+    """Validation logits cover the whole chat text (64 x 512 x 128,256 would not fit beside an 8B model): 8 rows,
+    the official eval batch; greedy evaluation 64."""
+    return 8 if validation else 64
+
+
+def largest_pack(model, batch_size, source_len, target_len, dtype, budget):
+    """1: no activation estimate for decoder-only models yet; a 7-8B model trains one run per step unless --pack."""
+    return 1
+
+
+def describe(model):
+    cfg, count = model.config, lambda module: sum(p.numel() for p in module.parameters())
+    head = "" if cfg.tie_word_embeddings else f", lm_head {model.lm_head.weight.numel():,}"
+    return [f"parameters {count(model):,} in all: embedding {model.input_embedding().numel():,}, layers "
+            f"{count(model.model.layers):,}" + head,
+            f"attention  {cfg.num_attention_heads} query heads, {cfg.num_key_value_heads} key/value heads of "
+            f"{cfg.head_dim}; rope theta {cfg.rope_theta:g}, scaling {cfg.rope_scaling}; tied head "
+            f"{cfg.tie_word_embeddings}"]
+
+
+def tiny_model(tokenizer_file, seed):
+    """A random 2-layer Llama of width 32 with the vocabulary of a tokenizer.json (tpv.py tiny-model --family llama
+    --tokenizer) and its tokenizer_config.json."""
+    tokenizer, tokenizer_config = tiny_tokenizer(tokenizer_file)
+    torch.manual_seed(seed)
+    ids = {key: tokenizer.token_to_id(tokenizer_config[key]) for key in ("bos_token", "eos_token")}
+    model = Llama(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              bos_token_id=ids["bos_token"], eos_token_id=ids["eos_token"]))
+
+    def write(folder):
+        save_llama(model, folder)
+        files.write_json(os.path.join(folder, "tokenizer_config.json"), tokenizer_config)
+        shutil.copyfile(tokenizer.model_file, os.path.join(folder, "tokenizer.json"))
+    return model, write
+
+
+def tiny_tokenizer(path):
+    """A tokenizer.json for a tiny Llama, and its tokenizer_config.json: the one beside it, or (the Llama 3
+    vocabulary alone, as in ../shared/assets) Llama 3's special tokens and a chat template of its format."""
+    if not path:
+        raise CheckpointError("tiny-model --family llama needs --tokenizer FILE (a byte-level BPE tokenizer.json)")
+    tokenizer = load_tokenizer(path)  # a vocabulary that loads, before anything is written
+    beside = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+    if os.path.isfile(beside):
+        config = files.read_json(beside)
+        chat.chat_format(config)  # a format tpv implements
+    elif all(tokenizer.token_to_id(t) is not None for t in chat.LLAMA3_SPECIAL.values()):
+        config = {**chat.LLAMA3_SPECIAL, "chat_template": chat.LLAMA3_SHORT_TEMPLATE}
+    else:
+        raise CheckpointError(f"{path}: no tokenizer_config.json beside it, and not Llama 3's vocabulary; put the "
+                              f"model's tokenizer_config.json (its chat template) next to it")
+    return tokenizer, config

@@ -15,6 +15,7 @@ References (the "why" of every quirk is cited at the line that implements it):
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass, fields
 
 import sentencepiece
@@ -22,7 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from support import decoding
+import data
+from support import decoding, devices
+from support.layers import RMSNorm, additive_mask, check_prompt, set_dropout
 from support.weights import (FRACTION, POSITIVE, TOKEN_ID, CheckpointError, build, check_dtype, check_fields,
                          load_weights, model_file, model_folder, read_config, save_weights)
 
@@ -96,22 +99,6 @@ ACTIVATIONS = {"relu": F.relu, "gelu_new": gelu_new, "gelu": F.gelu, "silu": F.s
 
 # -----------------------------------------------------------------------------
 # the network; module names make state_dict() keys equal Hugging Face's
-
-class RMSNorm(nn.Module):
-    """T5LayerNorm: scale only, no mean subtraction and no bias; the variance is always taken in fp32."""
-
-    def __init__(self, d, eps):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-        self.eps = eps
-
-    def forward(self, x):
-        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)  # (B, T, 1)
-        x = x * torch.rsqrt(variance + self.eps)
-        if self.weight.dtype in (torch.float16, torch.bfloat16):  # modeling_t5.py casts back only for half weights
-            x = x.to(self.weight.dtype)
-        return self.weight * x
-
 
 class Attention(nn.Module):
     def __init__(self, cfg, has_relative_bias):
@@ -243,11 +230,6 @@ class Stack(nn.Module):
         return dropout(self.final_layer_norm(h), self.dropout_rate, self.training)
 
 
-def additive_mask(allowed, dtype):
-    """bool mask (True = may attend) -> 0 / most negative float, added to attention scores as HF does."""
-    return (1.0 - allowed.to(dtype)) * torch.finfo(dtype).min
-
-
 class T5(nn.Module):
     family = "t5"
 
@@ -326,23 +308,6 @@ class T5(nn.Module):
     def forward(self, input_ids, decoder_input_ids, attention_mask=None, prompt=None):
         encoder_hidden, encoder_mask = self.encode(input_ids, attention_mask, prompt)
         return self.decode(decoder_input_ids, self.cross_keys_values(encoder_hidden), encoder_mask)
-
-
-def check_prompt(prompt, batch_size, d):
-    """A soft prompt is (n, d), or (B, n, d) with one prompt per example (or one for all)."""
-    ok = prompt.dim() == 2 or (prompt.dim() == 3 and prompt.shape[0] in (1, batch_size))
-    if not ok or prompt.shape[-1] != d:
-        raise ValueError(f"prompt must be (n, {d}) or ({batch_size}, n, {d}), got {tuple(prompt.shape)}")
-    return prompt
-
-
-def set_dropout(model, rate):
-    """Every dropout of the model at `rate` (config.json's dropout_rate is the default; 0 for exact comparisons)."""
-    if not 0 <= rate < 1:
-        raise ValueError(f"dropout rate {rate} is not in [0, 1)")
-    for module in model.modules():
-        if hasattr(module, "dropout_rate"):
-            module.dropout_rate = rate
 
 
 def shift_right(labels, start_id=0, pad_id=0):
@@ -489,6 +454,16 @@ class Tokenizer:
         keep = [int(i) for i in ids if int(i) > self.unk_id and int(i) < self.n_pieces]
         return self.sp.decode(keep)
 
+    example_limit = data.MAX_SOURCE  # the paper's max_source_length
+
+    def encode_example(self, task, row, max_source=data.MAX_SOURCE):
+        """A task's example -> (source ids, target ids, whether the source was cut): the source truncated to
+        max_source with EOS kept last, as Hugging Face truncates T5 inputs; the target is the label word."""
+        ids, target = self.encode(task.source(row)), self.encode(task.target(row))
+        if len(ids) > max_source:
+            return ids[:max_source - 1] + [self.eos_id], target, True
+        return ids, target, False
+
 
 def load_tokenizer(path):
     """A folder holding spiece.model, or the .model file itself -> Tokenizer."""
@@ -498,3 +473,128 @@ def load_tokenizer(path):
         return Tokenizer(path)
     raise CheckpointError(f"{path}: no such model folder or sentencepiece file; get one with: "
                           f"python tpv.py download t5-base")
+
+
+# -----------------------------------------------------------------------------
+# the family interface (families.py): what the loop, evaluation and the command line ask of T5
+
+FAMILY, NAME, PEFT_TASK_TYPE = "t5", "T5", "SEQ_2_SEQ_LM"
+OPTIONS = ("dropout",)  # the paper trained with T5's dropout (0.1); --dropout 0 for exact comparisons
+load = load_t5
+
+
+def recipe_defaults(task):
+    """Paper §3: batch 32, 10 epochs; TREC 50, because it underfits (prompt_tuning_trec.toml)."""
+    return {"epochs": 50 if task == "trec" else 10, "batch_size": 32}
+
+
+def batch_maker(model, tokenizer, loss):
+    """Source and target of each example (the loss is over the target, the label words, whatever --loss)."""
+    return data.collate
+
+
+def run_losses(model, prompts, batch):
+    """prompts (R, n, d), a batch of B examples -> (R,) summed cross-entropy of each prompt over its own copy of
+    the batch, in fp32 under any autocast. Row r*B + b is example b with prompt r: a prompt's loss (and so its
+    gradient) comes from its rows only (the model is frozen, and T5 mixes no rows)."""
+    R, B = prompts.shape[0], batch["input_ids"].shape[0]
+    rows = {k: v.repeat(R, 1) for k, v in batch.items()}  # (R*B, S) and (R*B, T), prompt-major
+    prompt_rows = prompts.repeat_interleave(B, dim=0)  # (R*B, n, d)
+    logits = model(rows["input_ids"], shift_right(rows["labels"]), rows["attention_mask"],
+                   prompt=prompt_rows)  # (R*B, T, V)
+    token_losses = F.cross_entropy(logits.float().flatten(0, 1), rows["labels"].flatten(), ignore_index=-100,
+                                   reduction="none")  # (R*B*T,), 0 on padding
+    return token_losses.view(R, -1).sum(1)  # (R,)
+
+
+def label_words(task):
+    """What T5 predicts: the task's label words as the paper spells them; () for STS-B (a generated number)."""
+    return task.labels
+
+
+def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generate", max_new_tokens=None):
+    """The label words predicted for examples idx with each of R prompts (R, n, d) (None: the model alone):
+    generated greedily, or the best-scoring label word (scoring="rank"). -> R lists of len(idx) words."""
+    batch = {k: v.to(model.lm_head.weight.device) for k, v in data.collate(tokens, idx).items()}
+    R, B = 1 if prompts is None else prompts.shape[0], len(idx)
+    ids, mask = batch["input_ids"].repeat(R, 1), batch["attention_mask"].repeat(R, 1)  # (R*B, S), prompt-major
+    prompt_rows = None if prompts is None else prompts.repeat_interleave(B, dim=0)  # (R*B, n, d)
+    candidates = [tokenizer.encode(w) for w in task.labels]
+    if scoring == "rank":
+        scores = score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
+        words = [task.labels[j] for j in scores.argmax(-1).tolist()]
+    else:  # a generation longer than every label word cannot be one (README)
+        longest = max(len(c) for c in candidates) + 4 if candidates else 8
+        out = generate_greedy(model, ids, mask, prompt_rows, max_new_tokens or longest)
+        words = [tokenizer.decode(row).strip() for row in out.tolist()]
+    return [words[r * B:(r + 1) * B] for r in range(R)]
+
+
+def activation_bytes(cfg, rows, source_len, target_len, dtype):
+    """An estimate, from the shapes, of the memory of one training step over `rows` sequences of source_len
+    tokens (the prompt included) and target_len targets: per layer and token the saved inputs of the projections,
+    layer norms and dropout masks and the attention probabilities, plus the logits in fp32 with their gradient.
+    dtype: the weights' (bf16 weights keep the activations in bf16; fp32 weights under autocast keep the residual
+    stream in fp32, so they count as fp32). A packed step of t5-base with bf16 weights peaked at about 8 x d_model +
+    3 x d_ff + 3.5 x heads x keys elements per encoder layer and token (torch.cuda.max_memory_allocated on an H100:
+    4 runs x 32 x 310 tokens, 25,630 MiB; 10 x 32 x 154, 24,200 MiB; docs/speed.md); the coefficients below come to
+    1.35-1.45 times the measured peaks, room for the step's transient tensors, and test_tpv.py checks them on a GPU."""
+    element = 2 if dtype == torch.bfloat16 else 4
+    d, ff, heads = cfg.d_model, cfg.d_ff, cfg.num_heads
+    encoder = cfg.num_layers * source_len * (14 * d + 4 * ff + 4 * heads * source_len)
+    decoder = cfg.num_decoder_layers * target_len * (32 * d + 6 * ff + 6 * heads * (target_len + source_len))
+    logits = target_len * cfg.vocab_size * (element + 8)
+    return rows * ((encoder + decoder) * element + logits)
+
+
+def largest_pack(model, batch_size, source_len, target_len, dtype, budget):
+    """The most runs whose packed step fits `budget` bytes (at least 1)."""
+    return max(1, budget // activation_bytes(model.config, batch_size, source_len, target_len, dtype))
+
+
+def inference_bytes(cfg, source_len):
+    """An estimate of the memory of one row of an inference pass (validation or greedy evaluation) over
+    source_len tokens, the prompt included: one layer's attention scores with their fp32 softmax, a few fp32 copies
+    of the hidden states, and the decoding cache of the encoder's keys and values for every decoder layer."""
+    attention = cfg.num_heads * source_len ** 2 * 12
+    hidden = source_len * (4 * cfg.d_model + cfg.d_ff) * 4
+    cache = cfg.num_decoder_layers * 2 * source_len * cfg.num_heads * cfg.d_kv * 4
+    return attention + hidden + cache
+
+
+GPU_INFERENCE_ROWS = 1024
+
+
+def inference_rows(model, device, prompt_len, validation=False):
+    """Rows per validation or evaluation forward pass. On the CPU, 64 keep the cores busy. On a GPU, 64 rows of
+    t5-base are bound by kernel launches (an H100 took 1.4x fewer microseconds per example to validate and 4.6x
+    fewer to decode at 1,024 rows: docs/speed.md), so 1,024, or as many as fit the memory budget at the longest
+    source."""
+    if device.type != "cuda":
+        return 64
+    fit = devices.memory_budget(device) // inference_bytes(model.config, data.MAX_SOURCE + prompt_len)
+    return int(min(GPU_INFERENCE_ROWS, max(1, fit)))
+
+
+def describe(model):
+    cfg, count = model.config, lambda module: sum(p.numel() for p in module.parameters())
+    embedding = model.input_embedding().numel()
+    head = "" if cfg.tie_word_embeddings else f", lm_head {model.lm_head.weight.numel():,}"
+    return [f"parameters {count(model):,} in all: embedding {embedding:,}, encoder {count(model.encoder) - embedding:,}"
+            f", decoder {count(model.decoder) - embedding:,}" + head,
+            f"tied head  {cfg.tie_word_embeddings} (decoder output rescaled by d_model**-0.5: "
+            f"{cfg.tie_word_embeddings})"]
+
+
+def tiny_model(tokenizer_file, seed):
+    """A random 2-layer T5 of width 32 with the vocabulary of a sentencepiece file (tpv.py tiny-model --spiece)."""
+    if not tokenizer_file:
+        raise CheckpointError("tiny-model needs --spiece FILE (a T5 spiece.model), or --family llama --tokenizer")
+    tokenizer = load_tokenizer(tokenizer_file)
+    torch.manual_seed(seed)
+    model = T5(T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+
+    def write(folder):
+        save_t5(model, folder)
+        shutil.copyfile(tokenizer.model_file, os.path.join(folder, "spiece.model"))
+    return model, write

@@ -7,28 +7,26 @@ the same run alone writes it (runs.py's layout), so that every later command see
     todo = to_train(command, force)                                   # without the finished ones
     written, failures = train_packs(todo, command, pack, model, ...)  # chunk, check, train, evaluate, write
 
-A pack's checkpoint is the checkpoint file of the first run of its chunk (chunks are cut from the command's
-whole run list, so a chunk keeps its file whichever of its runs are finished); it lists the runs it holds,
-and a resume must find the same runs there. Every check (checkpoints, initial prompts) is made before the first
-pack trains.
+A pack's checkpoint is named after the runs of its chunk (support/resume.py; chunks are cut from the command's
+whole run list, so a chunk keeps its file whichever of its runs are finished), and a resume must find the same
+runs there. Every check (checkpoints, initial prompts) is made before the first pack trains.
 """
 import dataclasses
-import glob
-import json
 import os
 from contextlib import ExitStack
 from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from safetensors import safe_open
 
 import data
 import evaluation
-from support import files
+import families
 import runs
 import train
+from support import devices
+from support import files
+from support import resume
 
 
 class Run(NamedTuple):
@@ -42,13 +40,10 @@ def depends_on_origin(init):
     return not (init in ("random", "vocab") or init.startswith("text:") or runs.is_prompt_file(init))
 
 
-def command_runs(task, shots, origins, inits, flags, out, name=None, family="t5"):
+def command_runs(task, shots, origins, inits, flags, out, name=None, family=families.DEFAULT):
     """Every run of `train TASK --origins ... --init ... [--init ...]`, inits outer and origins inner, with the
-    recipe of the model's family."""
+    recipe of the model's family (its module)."""
     check_tasks(task)
-    if family == "t5" and flags.get("loss", "full") != "full":
-        raise runs.RunError(f"--loss {flags['loss']} is for decoder-only models; T5's loss is over its target (the "
-                            f"label words) already")
     if len(origins) > 1:
         fixed = [i for i in inits if not depends_on_origin(i)]
         if fixed:
@@ -102,43 +97,29 @@ def to_train(command, force):
 # pack checkpoints
 
 def pack_checkpoints(command):
-    """{checkpoint path: labels of the runs it holds} for every checkpoint under the command's model folder."""
+    """{checkpoint path: labels of the runs it holds} of the packs of the command's model, once checkpoints of the
+    command's runs in the layout before pack checkpoints are moved to their pack's name."""
     folder = runs.model_folder(out_of(command[0]), command[0].config.model)
-    found = {}
-    for path in glob.glob(os.path.join(folder, "origin_*", "*.ckpt.safetensors")):
-        own = f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)[:-len('.ckpt.safetensors')]}"
-        found[path] = checkpoint_state(path).get("runs", [own])
-    return found
-
-
-def checkpoint_state(path):
-    """A checkpoint's JSON state ({} when unreadable: train.load_checkpoint says so if it is resumed)."""
-    try:
-        with safe_open(path, "pt") as f:
-            return json.loads((f.metadata() or {})["state"])
-    except Exception:
-        return {}
+    resume.adopt_old_checkpoints(folder, [r.paths.old_checkpoint for r in command])
+    return resume.pack_checkpoints(folder)
 
 
 def stored_pack_size(command):
     """The --pack a checkpoint of these runs was written with (None: none)."""
     labels = {r.label for r in command}
     for path, held in pack_checkpoints(command).items():
-        pack = checkpoint_state(path).get("pack") if labels & set(held) else None
-        if pack:
-            return pack
+        if labels & set(held):
+            return resume.read_state(path).get("pack")
     return None
 
 
 def default_pack(todo, command, model, tokenizer, device):
-    """The largest pack whose activations fit the memory budget (train.largest_pack), from the longest training
-    example of the task (the prompt included). One run, or zero-shot runs (no training): the whole command.
-    Decoder-only models: 1."""
+    """The largest pack whose training step fits the memory budget (the family's largest_pack), from the longest
+    training example of the task (the prompt included). One run, or zero-shot runs (no training): the whole
+    command."""
     config = todo[0].config
     if len(todo) == 1 or config.shots == 0:
         return len(command)
-    if model.family != "t5":  # the activation estimate is T5's; a 7-8B model trains one run per step unless --pack
-        return 1
     source, target = 1, 1
     for name in config.task.split(","):
         tokens = data.split_tokens(data.get_task(name), ["train"], tokenizer, config.data_dir,
@@ -146,9 +127,9 @@ def default_pack(todo, command, model, tokenizer, device):
         if len(data.lengths(tokens)):
             source = max(source, int(data.lengths(tokens).max()))
             target = max(target, int(np.diff(tokens["target_offsets"]).max()))
-    precision = train.resolve_precision(config.precision, device)
-    return train.largest_pack(model.config, config.batch_size, source + config.prompt_len, target, precision,
-                              device)
+    return families.of(model).largest_pack(model, config.batch_size, source + config.prompt_len, target,
+                                           devices.weights_dtype(config.precision, device),
+                                           devices.memory_budget(device))
 
 
 def chunks(command, pack):
@@ -156,23 +137,25 @@ def chunks(command, pack):
     return [command[i:i + pack] for i in range(0, len(command), pack)]
 
 
-def plan_packs(todo, command, pack, resume, force):
+def plan_packs(todo, command, pack, resuming, force):
     """-> ([(runs of a pack, its checkpoint)], checkpoints to delete before training): every check of every
     pack's checkpoint, before any pack trains. A checkpoint is deleted (--force) only when every run it holds is
     trained again by this command: another pack's progress is never lost."""
     wanted, found = {r.label for r in todo}, pack_checkpoints(command)
+    folder = runs.model_folder(out_of(command[0]), command[0].config.model)
     plan, stale = [], []
     for chunk in chunks(command, pack):
-        checkpoint, pending = chunk[0].paths.checkpoint, [r for r in chunk if r.label in wanted]
+        checkpoint = resume.pack_checkpoint(folder, [r.label for r in chunk])
+        pending = [r for r in chunk if r.label in wanted]
         held = found.get(checkpoint, [])
         if not pending:  # every run of the chunk is finished: a checkpoint left by a kill after the last write
             stale += [checkpoint] if checkpoint in found and not set(held) - {r.label for r in chunk} else []
             continue
         if checkpoint in found:
             by_label = {r.label: r for r in chunk}
-            if resume:  # the pack it holds, as it started
+            if resuming:  # the pack it holds, as it started
                 if set(held) - set(by_label) or {r.label for r in pending} - set(held):
-                    raise train.TrainingError(f"--resume with different arguments: {checkpoint} holds the runs "
+                    raise resume.ResumeError(f"--resume with different arguments: {checkpoint} holds the runs "
                                               f"{', '.join(held)}; rerun with the original --origins, --init and "
                                               f"--pack, or drop --resume and pass --force to start over")
                 pending = [by_label[label] for label in held]
@@ -201,10 +184,10 @@ def plan_packs(todo, command, pack, resume, force):
 # -----------------------------------------------------------------------------
 # training packs
 
-def train_packs(todo, command, pack, model, tokenizer, device, scoring, resume, force, log, rank=0, world=1):
+def train_packs(todo, command, pack, model, tokenizer, device, scoring, resuming, force, log):
     """Trains the runs of `todo`, `pack` at a time, and writes each one's files. -> (runs written, [(run, reason)]
     of the runs that stopped (non-finite), whose reason is in a failure record beside them)."""
-    plan, stale = plan_packs(todo, command, pack, resume, force)
+    plan, stale = plan_packs(todo, command, pack, resuming, force)
     inits = {r.label: runs.resolve_init(r.config, model, tokenizer, out_of(r)) for pending, _ in plan
              for r in pending}  # every initial prompt, before the first pack trains
     for pending, _ in plan:
@@ -212,31 +195,26 @@ def train_packs(todo, command, pack, model, tokenizer, device, scoring, resume, 
         if len(lengths) > 1:
             raise runs.RunError(f"the initial prompts of one pack have different lengths ({lengths[0]} and "
                                 f"{lengths[-1]} vectors; a prompt file given to --init?); train them one at a time")
-    if rank == 0:
-        for path in stale:
-            if os.path.exists(path):
-                os.remove(path)  # starting over: a later --resume must not find the old state
+    for path in stale:
+        if os.path.exists(path):
+            os.remove(path)  # starting over: a later --resume must not find the old state
     written, failures = [], []
     wanted = {r.label for r in todo}
     for pending, checkpoint in plan:
         done, stopped = train_chunk(pending, checkpoint, inits, wanted, pack, model, tokenizer, device, scoring,
-                                    resume, log, rank)
+                                    resuming, log)
         written, failures = written + done, failures + stopped
-        if world > 1:
-            dist.barrier()  # the other ranks wait while rank 0 evaluates and writes
     return written, failures
 
 
-def train_chunk(pending, checkpoint, inits, wanted, pack, model, tokenizer, device, scoring, resume, log, rank):
+def train_chunk(pending, checkpoint, inits, wanted, pack, model, tokenizer, device, scoring, resuming, log):
     first = pending[0].config  # the recipe the pack shares (each run's origin and init are in `labels`)
     tasks = [data.get_task(name) for name in first.task.split(",")]
     stacked = torch.stack([inits[r.label] for r in pending])  # (R, n, d)
     labels = [r.label for r in pending]
     if len(pending) > 1:
         log(f"pack of {len(pending)} runs: {', '.join(labels)}")
-    state = train.train(first, model, tokenizer, tasks, stacked, checkpoint, labels, resume, log=log, pack=pack)
-    if rank != 0:
-        return [], []
+    state = train.train(first, model, tokenizer, tasks, stacked, checkpoint, labels, resuming, log=log, pack=pack)
 
     # --- evaluation of every run that finished, packed; then each run's files, one by one
     done = state.running()
@@ -254,7 +232,7 @@ def train_chunk(pending, checkpoint, inits, wanted, pack, model, tokenizer, devi
             failures.append((run, reason))
             continue
         j = done.index(i)
-        record = state.record(i, seconds=getattr(state, "seconds", 0.0))
+        record = state.record(i, seconds=state.seconds)
         runs.finish(run.paths, state.best_prompts[i], stacked[i],
                     runs.run_meta(model, run.config, record, stacked.shape[1]),
                     {**about(run, pending, pack, scoring, device), **record,

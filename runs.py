@@ -3,7 +3,7 @@ Where runs live and what they leave behind, in one place:
 
     runs/<model>/origin_<i>/<name>.safetensors        the prompt file: prompt, init and metadata (prompts.py)
     runs/<model>/origin_<i>/<name>.json               the record: config, validation history, test metrics
-    runs/<model>/origin_<i>/<name>.ckpt.safetensors   while training only: everything needed to --resume
+    runs/<model>/packs/<name>-<hash>.ckpt.safetensors  while training only: everything a pack needs to --resume
 
 A run is finished when its record exists; nothing finished is replaced without --force (files.py). A run name
 is a task (mnli), a multi-task run (mnli,qnli), a sum (mnli+qnli) or a few-shot run (scitail_100shots_init-mnli);
@@ -28,7 +28,7 @@ class RunError(ValueError):
 class RunPaths(NamedTuple):
     prompt: str
     record: str
-    checkpoint: str
+    old_checkpoint: str  # where tpv kept a pack's checkpoint before pack checkpoints had names (support/resume.py)
     failure: str  # why a run stopped (non-finite); not a record, so run.sh retries the run
 
 

@@ -398,7 +398,7 @@ def model_copy(tiny, tmp_path, name, config=None, tokenizer=None):
 
 def test_download_of_a_gated_llama(tiny_llama, tmp_path, monkeypatch):
     from support import hub
-    import models
+    import families
     from test_tpv import FakeHub, checkpoint_files
     server = FakeHub({}, token="secret")
     server.add_repo("meta-llama/Tiny", checkpoint_files(tiny_llama["model"]))  # no spiece.model: Llama's files
@@ -416,7 +416,7 @@ def test_download_of_a_gated_llama(tiny_llama, tmp_path, monkeypatch):
         server.shutdown()
     assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors", "tokenizer.json",
                                           "tokenizer_config.json"]
-    assert models.load(folder).family == "llama" and models.load_tokenizer(folder).chat_format == "llama3"
+    assert families.load(folder).family == "llama" and families.load_tokenizer(folder).chat_format == "llama3"
 
 
 def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
@@ -436,9 +436,9 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
         (["eval", "rte", "--model", unigram, "--data-dir", tiny_llama["data"], "--prompt", t5_prompt], "not BPE"),
         (["train", "rte", *where(tiny_llama)[2:], "--model", str(tmp_path / "none")], "no such model folder"),
         (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--dropout", "0.1"],
-         "Llama and DeepSeek-LLM have no dropout"),  # a fresh --out: the module's runs may have trained rte already
+         "--dropout is for T5 models, and this is a Llama (Llama 3, DeepSeek-LLM) model; drop the flag"),  # a fresh --out: the module's runs may have trained rte already
         (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--precision", "fp16"],
-         "decoder-only models run in bf16"),
+         "fp16 is not supported (T5 overflows in it): use bf16"),
     ]
     for args, message in cases:
         result = run_cli(*args)

@@ -22,34 +22,27 @@ stderr and exit status 2; nothing finished is replaced without --force.
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
-from support import bpe
-from support import chat
-from support import weights
+
 import cli
 import data
 import evaluation
 import experiments
-from support import files
-from support import hub
-from support import interchange
+import families
 import metrics
-import model_llama
-import model_t5
-import models
 import packs
 import prompts
 import runs
 import train
+from support import bpe, chat, devices, files, hub, interchange, layers, resume, weights
 from train import TrainConfig
 
 USER_ERRORS = (weights.CheckpointError, bpe.TokenizerError, chat.ChatError, hub.DownloadError, data.DataError,
-               prompts.PromptError, train.TrainingError, evaluation.EvaluationError, runs.RunError, files.FileError)
+               prompts.PromptError, train.TrainingError, evaluation.EvaluationError, runs.RunError, files.FileError,
+               devices.DeviceError, resume.ResumeError, families.FamilyError)
 
 
 # -----------------------------------------------------------------------------
@@ -58,18 +51,12 @@ USER_ERRORS = (weights.CheckpointError, bpe.TokenizerError, chat.ChatError, hub.
 def cmd_train(args):
     origins, inits = args.origins or [args.origin], args.init or [TrainConfig.init]
     packs.check_tasks(args.task)  # before the model is looked for (or downloaded)
-    family = models.family_name(hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline))
-    if args.checkpointing and family == "t5":
-        raise train.TrainingError("--checkpointing is implemented for decoder-only models (T5's activations at "
-                                  "batch 32 fit without it)")
-    if args.dropout is not None and family != "t5":
-        raise train.TrainingError("--dropout: Llama and DeepSeek-LLM have no dropout (attention_dropout 0, as the "
-                                  "paper's runs trained); drop the flag")
+    family = families.at(hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline))
+    families.check_options(family, {name: getattr(args, name) for name in families.family_options()})
     command = packs.command_runs(args.task, args.shots, origins, inits, recipe_flags(args), args.out, args.name,
                                  family)
-    rank, world, local_rank = train.distributed()
-    device = pick_device(args.device, local_rank)
-    with packs.locks(command) if rank == 0 else nullcontext():  # one writer per run
+    device = devices.pick_device(args.device)
+    with packs.locks(command):  # one writer per run
         todo = packs.to_train(command, args.force)
         for run in command:
             if run not in todo:
@@ -77,16 +64,12 @@ def cmd_train(args):
         model, tokenizer = load_model(args, device, command[0].config.dropout)
         model.checkpointing = args.checkpointing  # the same numbers, less memory: not part of the recipe
         stored = args.resume and packs.stored_pack_size(command)  # a resumed pack keeps its size
-        pack = train.same_on_all_ranks(args.pack or stored or packs.default_pack(todo, command, model, tokenizer,
-                                                                                 device))
+        pack = args.pack or stored or packs.default_pack(todo, command, model, tokenizer, device)
         if len(todo) > 1:
             why = "--pack" if args.pack else "the checkpoint's --pack" if stored else "the memory budget's largest pack"
             print(f"{len(todo)} runs, {min(pack, len(todo))} at a time ({why})")
         written, failures = packs.train_packs(todo, command, pack, model, tokenizer, device, args.scoring,
-                                              args.resume, args.force, print if rank == 0 else lambda *a: None,
-                                              rank, world)
-    if rank != 0:
-        return
+                                              args.resume, args.force, print)
     for run in written:
         record = files.read_json(run.paths.record)
         print(f"wrote {run.paths.prompt} and {run.paths.record}")
@@ -99,7 +82,7 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    task, device = data.get_task(args.task), pick_device(args.device)
+    task, device = data.get_task(args.task), devices.pick_device(args.device)
     model, tokenizer = load_model(args, device)
     paths = [runs.prompt_file(spec, args.out, args.model, args.origin) for spec in args.prompt]
     loaded = [runs.load_fitting(path, args.model, model)[0] for path in paths]
@@ -123,7 +106,7 @@ def cmd_add(args):
     if len({t.name for t in tasks}) != len(tasks) or len(tasks) < 2:
         raise runs.RunError(f"add needs two or more different tasks, got {' '.join(args.tasks)} (a single task's "
                             f"prompt is its own run: python tpv.py eval {tasks[0].name} --prompt {tasks[0].name})")
-    device = pick_device(args.device)
+    device = devices.pick_device(args.device)
     model, tokenizer = load_model(args, device)
     name = "+".join(t.name for t in tasks)
     paths = runs.run_paths(args.out, args.model, args.origin, name)
@@ -155,7 +138,7 @@ def cmd_cross_origin(args):
     for name, origins in found.items():
         if len(origins) < 2:
             raise prompts.PromptError(f"cross-origin needs {name} trained on at least 2 origins, found {origins}")
-    device = pick_device(args.device)
+    device = devices.pick_device(args.device)
     model, tokenizer = load_model(args, device)
     print(f"{'task':14}{'original':>16}{'mixed':>16}")
     for task in tasks:
@@ -186,7 +169,7 @@ def cmd_report(args):
 
 def cmd_import(args):
     name = runs.check_name(args.task)
-    family = models.family_name(hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline))
+    family = families.at(hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline))
     n = args.prompt_len or train.recipe(args.task, family=family).prompt_len  # the rows of an official .bin to keep
     prompt, meta = interchange.read_foreign_prompt(args.file, n)
     model, _ = load_model(args)
@@ -203,7 +186,8 @@ def cmd_import(args):
 def cmd_export(args):
     path = runs.prompt_file(args.file, args.out, args.model, args.origin)
     prompt, _, meta = prompts.load_prompt(path)
-    interchange.write_adapter(args.peft, prompt, meta.get("model", args.model), meta.get("family", "t5"), args.force)
+    family = meta.get("family", families.DEFAULT.FAMILY)  # files from before the Llama family hold T5 prompts
+    interchange.write_adapter(args.peft, prompt, meta.get("model", args.model), family, args.force)
     print(f"wrote {args.peft}/adapter_model.safetensors and adapter_config.json (the init is not part of PEFT's "
           f"format)")
 
@@ -236,26 +220,12 @@ def cmd_prepare(args):
 
 def cmd_info(args):
     path = hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline)
-    model = models.load(path, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
-    cfg = model.config
-    count = lambda module: sum(p.numel() for p in module.parameters())
+    model = families.load(path, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     table = model.input_embedding()  # T5 keeps it in fp32 whatever the dtype (model_t5.FLOAT32_WEIGHTS)
-    embedding = table.numel()
-    head = "" if cfg.tie_word_embeddings else f", lm_head {model.lm_head.weight.numel():,}"
     print(f"model      {args.model}\nloaded     {os.path.abspath(path)}\nfamily     {model.family}\n"
           f"dtype      {model.dtype}" + (f" (input embedding {table.dtype})" if table.dtype != model.dtype else ""))
-    print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
-    if model.family == "t5":
-        print(f"parameters {count(model):,} in all: embedding {embedding:,}, encoder "
-              f"{count(model.encoder) - embedding:,}, decoder {count(model.decoder) - embedding:,}" + head)
-        print(f"tied head  {cfg.tie_word_embeddings} (decoder output rescaled by d_model**-0.5: "
-              f"{cfg.tie_word_embeddings})")
-    else:
-        print(f"parameters {count(model):,} in all: embedding {embedding:,}, layers "
-              f"{count(model.model.layers):,}" + head)
-        print(f"attention  {cfg.num_attention_heads} query heads, {cfg.num_key_value_heads} key/value heads of "
-              f"{cfg.head_dim}; rope theta {cfg.rope_theta:g}, scaling {cfg.rope_scaling}; tied head "
-              f"{cfg.tie_word_embeddings}")
+    print("config     " + ", ".join(f"{k}={v}" for k, v in model.config.to_dict().items()))
+    print("\n".join(families.of(model).describe(model)))
 
 
 def cmd_convert(args):
@@ -268,83 +238,28 @@ def cmd_tiny_model(args):
     with a sentencepiece file (--spiece), or Llama with a tokenizer.json (--family llama --tokenizer)."""
     if os.path.isdir(args.dir) and os.listdir(args.dir) and not args.force:  # it would replace the whole folder
         raise files.FileError(f"{args.dir} exists and is not empty (a model?); pass --force to replace it")
-    if args.family == "llama":
-        tokenizer, tokenizer_config = tiny_llama_tokenizer(args.tokenizer)
-        torch.manual_seed(args.seed)
-        ids = {key: tokenizer.token_to_id(tokenizer_config[key]) for key in ("bos_token", "eos_token")}
-        model = model_llama.Llama(model_llama.LlamaConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, bos_token_id=ids["bos_token"],
-            eos_token_id=ids["eos_token"]))
-        save = lambda model, folder: (model_llama.save_llama(model, folder), files.write_json(
-            os.path.join(folder, "tokenizer_config.json"), tokenizer_config))
-        copies = {"tokenizer.json": tokenizer.model_file}
-    else:
-        if not args.spiece:
-            raise files.FileError("tiny-model needs --spiece FILE (a T5 spiece.model), or --family llama --tokenizer")
-        tokenizer = model_t5.load_tokenizer(args.spiece)
-        torch.manual_seed(args.seed)
-        model = model_t5.T5(model_t5.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
-        save, copies = model_t5.save_t5, {"spiece.model": tokenizer.model_file}
-
-    def write(folder):
-        save(model, folder)
-        for name, source in copies.items():
-            shutil.copyfile(source, os.path.join(folder, name))
+    model, write = families.BY_NAME[args.family].tiny_model(args.spiece or args.tokenizer, args.seed)
     # a failed write leaves no half-written model for run.sh to trust
     files.atomic_write(os.path.normpath(args.dir), write, folder=True)
     print(f"wrote a random tiny {model.family} model to {args.dir}")
 
 
-def tiny_llama_tokenizer(path):
-    """A tokenizer.json for a tiny Llama, and its tokenizer_config.json: the one beside it, or (the Llama 3
-    vocabulary alone, as in ../shared/assets) Llama 3's special tokens and a chat template of its format."""
-    if not path:
-        raise files.FileError("tiny-model --family llama needs --tokenizer FILE (a byte-level BPE tokenizer.json)")
-    tokenizer = model_llama.load_tokenizer(path)  # a vocabulary that loads, before anything is written
-    beside = os.path.join(os.path.dirname(path), "tokenizer_config.json")
-    if os.path.isfile(beside):
-        config = files.read_json(beside)
-        chat.chat_format(config)  # a format tpv implements
-    elif all(tokenizer.token_to_id(t) is not None for t in chat.LLAMA3_SPECIAL.values()):
-        config = {**chat.LLAMA3_SPECIAL, "chat_template": chat.LLAMA3_SHORT_TEMPLATE}
-    else:
-        raise files.FileError(f"{path}: no tokenizer_config.json beside it, and not Llama 3's vocabulary; put the "
-                              f"model's tokenizer_config.json (its chat template) next to it")
-    return tokenizer, config
-
-
 # -----------------------------------------------------------------------------
 # shared pieces
 
-def pick_device(choice, local_rank=0):
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise train.TrainingError("--device cuda, but PyTorch sees no CUDA device (use --device cpu)")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def load_model(args, device=torch.device("cpu"), dropout=None):
-    """The model (T5 or Llama: models.py picks by config.json) and its tokenizer, in train.weights_dtype: bf16 on
+    """The model (its family from config.json: families.py) and its tokenizer, in devices.weights_dtype: bf16 on
     CUDA (the default precision there), as the paper's LLM runs (an 8B model in fp32 would not fit a 40 GB GPU);
     the prompt stays fp32."""
     path = hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline)
-    precision, decoder_only = getattr(args, "precision", "auto"), models.family_name(path) != "t5"
-    if decoder_only and precision == "fp16":  # bf16 weights under fp16 autocast would mix both
-        raise train.TrainingError("--precision fp16: decoder-only models run in bf16 (their weights' dtype on a GPU) "
-                                  "or fp32; use --precision bf16")
-    dtype = train.weights_dtype(precision, device)
-    model = models.load(path, device=device, dtype=dtype)
+    model = families.load(path, device, devices.weights_dtype(getattr(args, "precision", "auto"), device))
     if dropout is not None:
-        model_t5.set_dropout(model, dropout)  # T5's dropouts; Llama has none
-    return model, models.load_tokenizer(path)
+        layers.set_dropout(model, dropout)  # --dropout (families.check_options: T5 only)
+    return model, families.at(path).load_tokenizer(path)
 
 
 def tokenizer_for(args):
-    return models.load_tokenizer(hub.resolve_tokenizer(args.model, args.models_dir, allow_download=not args.offline))
+    return families.load_tokenizer(hub.resolve_tokenizer(args.model, args.models_dir, allow_download=not args.offline))
 
 
 def recipe_flags(args):

@@ -75,7 +75,7 @@ def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None, force=
         long = ""
         if tokenizer is not None:  # tokenise now (cached for training) and report what truncation will cut
             truncated = int(encode(task, split, rows, tokenizer, root)["truncated"])
-            limit = instruct.MAX_LENGTH if hasattr(tokenizer, "chat_format") else MAX_SOURCE  # decoder-only: 512
+            limit = tokenizer.example_limit  # T5: 256 source tokens; a chat model: 512 in all
             long = f"; longer than {limit} tokens (truncated): {truncated:,} ({truncated / len(rows):.1%})"
         lines.append(f"  {split:<10} {len(rows):>9,} examples: {shown}{long}")
     if skipped:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from support import files
+
 from . import instruct
 
 from .tasks import DataError
@@ -28,25 +29,15 @@ def tokenizer_key(tokenizer):
 
 
 def tokenize(task, rows, tokenizer, max_source=MAX_SOURCE):
-    """rows -> flat int32 arrays with offsets, and how many sources were truncated. T5: sources truncated to
-    max_source (EOS kept last, as HF truncates T5 inputs), targets the label words. Decoder-only (a tokenizer with
-    a chat format): the chat prefix and the answer (instruct.py), whole; collate_causal cuts them to
-    instruct.MAX_LENGTH, and `truncated` counts the examples it will cut."""
+    """rows -> flat int32 arrays with offsets, and how many examples are cut: each example as the tokenizer's
+    encode_example makes it (T5: the source cut to max_source, the target; a chat model: the chat prefix and the
+    answer, whole, which collate_causal cuts to instruct.MAX_LENGTH)."""
     sources, targets, truncated = [], [], 0
-    decoder_only = hasattr(tokenizer, "chat_format")  # bpe.Tokenizer; T5's sentencepiece has no chat
-    if decoder_only and tokenizer.chat_format is None:
-        raise DataError(f"{tokenizer.model_file}: no tokenizer_config.json with a chat template beside it; tpv "
-                        f"writes the tasks in the model's chat format, so copy the model's tokenizer_config.json there")
     for row in rows:
-        if decoder_only:
-            ids, target = instruct.example_ids(tokenizer, tokenizer.chat_format, task, row)
-            truncated += len(ids) + len(target) > instruct.MAX_LENGTH
-        else:
-            ids, target = tokenizer.encode(task.source(row)), tokenizer.encode(task.target(row))
-            if len(ids) > max_source:
-                ids, truncated = ids[:max_source - 1] + [tokenizer.eos_id], truncated + 1
+        ids, target, cut = tokenizer.encode_example(task, row, max_source)
         sources.append(ids)
         targets.append(target)
+        truncated += cut
     flat = lambda seqs: (np.array([t for s in seqs for t in s], dtype=np.int32),
                          np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64))
     (src, src_off), (tgt, tgt_off) = flat(sources), flat(targets)

@@ -496,8 +496,9 @@ def check_spec(spec, path):
     return pre_tokenize
 
 
-def load_tokenizer(path):
-    """A model folder holding tokenizer.json (and maybe tokenizer_config.json), or the tokenizer.json itself."""
+def load_tokenizer(path, cls=Tokenizer):
+    """A model folder holding tokenizer.json (and maybe tokenizer_config.json), or the tokenizer.json itself ->
+    cls (Tokenizer, or a subclass of it: model_llama's adds the chat format)."""
     folder, model_file = (path, os.path.join(path, "tokenizer.json")) if os.path.isdir(path) else \
         (os.path.dirname(path), path)
     if not os.path.isfile(model_file):
@@ -505,7 +506,7 @@ def load_tokenizer(path):
                              f"(tokenizer.json, tokenizer_config.json) into {folder or '.'}")
     config_file = os.path.join(folder, "tokenizer_config.json")
     try:
-        return Tokenizer(model_file, config_file if os.path.isfile(config_file) else None)
+        return cls(model_file, config_file if os.path.isfile(config_file) else None)
     except (KeyError, TypeError, AttributeError) as e:  # JSON of the wrong shape: a missing key, a list for a dict
         raise TokenizerError(f"{model_file}: a malformed tokenizer.json ({type(e).__name__}: {e}); download the "
                              f"model's tokenizer files again") from None

@@ -1,5 +1,6 @@
 """
-The chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat, written out by hand (no jinja2 at run time).
+The chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat, written out by hand (no jinja2 at run time): one row
+of FORMATS each.
 
 `render` gives the text that transformers' `apply_chat_template(messages, tokenize=False,
 add_generation_prompt=answer is None)` renders with each model's own chat_template from tokenizer_config.json, for
@@ -18,6 +19,7 @@ Templates (the test pastes them verbatim and compares with transformers):
 """
 import json
 import os
+from typing import NamedTuple
 
 LLAMA3_BOS = "<|begin_of_text|>"
 DEEPSEEK_BOS, DEEPSEEK_EOS = "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"
@@ -29,9 +31,29 @@ class ChatError(ValueError):
     """A tokenizer_config.json whose chat format tpv does not implement; the message is one line."""
 
 
+class ChatFormat(NamedTuple):
+    """One chat template, written out for one user turn and an optional answer."""
+    markers: tuple  # texts a chat_template holds when it is this format
+    prompt: str  # the text up to the generation prompt, with {user} where the user's message goes
+    answer: str  # what the assistant's turn adds after the generation prompt, with {answer}
+    trim: bool  # the template passes each message through jinja's `| trim` (Python's str.strip)
+
+
+FORMATS = {  # name -> format; recognised from tokenizer_config.json's chat_template by its markers
+    "llama3": ChatFormat(
+        markers=("<|start_header_id|>", "Cutting Knowledge Date"),
+        prompt=LLAMA3_BOS + LLAMA3_SYSTEM + "<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        answer="{answer}<|eot_id|>", trim=True),
+    "deepseek": ChatFormat(
+        markers=("'User: ' + message['content']", "'Assistant: ' + message['content'] + eos_token"),
+        prompt=DEEPSEEK_BOS + "User: {user}\n\nAssistant:", answer=" {answer}" + DEEPSEEK_EOS, trim=False),
+}
+
+
 def chat_format(config):
-    """A model folder, a tokenizer_config.json path or its parsed dict -> "llama3" or "deepseek", recognised by
-    markers in its chat_template."""
+    """A model folder, a tokenizer_config.json path or its parsed dict -> the name of its format in FORMATS,
+    recognised by the markers in its chat_template."""
     name = "tokenizer_config.json"
     if isinstance(config, str):
         name = os.path.join(config, name) if os.path.isdir(config) else config
@@ -46,32 +68,30 @@ def chat_format(config):
         template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
                         None)
     template = template if isinstance(template, str) else ""
-    if "<|start_header_id|>" in template and "Cutting Knowledge Date" in template:
-        return "llama3"
-    if "'User: ' + message['content']" in template and "'Assistant: ' + message['content'] + eos_token" in template:
-        return "deepseek"
+    for fmt, row in FORMATS.items():
+        if all(marker in template for marker in row.markers):
+            return fmt
     raise ChatError(f"{name}: {'no chat_template' if not template else 'an unknown chat_template'}; tpv implements "
                     f"the chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat only")
+
+
+def format_row(fmt):
+    if fmt not in FORMATS:
+        raise ChatError(f"chat format {fmt!r} is not implemented; use {' or '.join(FORMATS)}")
+    return FORMATS[fmt]
 
 
 def render(fmt, user, answer=None):
     """One user turn (and the assistant's answer, if given) as the model's chat template writes it; without an
     answer it ends with the generation prompt."""
-    if fmt == "llama3":
-        text = f"{LLAMA3_BOS}{LLAMA3_SYSTEM}<|start_header_id|>user<|end_header_id|>\n\n{user.strip()}<|eot_id|>"
-        head = "<|start_header_id|>assistant<|end_header_id|>\n\n"  # jinja's trim is Python's str.strip
-        return text + head + (answer.strip() + answer_end(fmt) if answer is not None else "")
-    if fmt == "deepseek":
-        text = f"{DEEPSEEK_BOS}User: {user}\n\n"
-        return text + (f"Assistant: {answer}{answer_end(fmt)}" if answer is not None else "Assistant:")
-    raise ChatError(f"chat format {fmt!r} is not implemented; use llama3 or deepseek")
+    row = format_row(fmt)
+    text = row.prompt.replace("{user}", user.strip() if row.trim else user)
+    return text if answer is None else text + row.answer.replace("{answer}", answer.strip() if row.trim else answer)
 
 
 def answer_end(fmt):
     """The text that closes an assistant turn; the loss covers the answer and this."""
-    if fmt not in ("llama3", "deepseek"):
-        raise ChatError(f"chat format {fmt!r} is not implemented; use llama3 or deepseek")
-    return "<|eot_id|>" if fmt == "llama3" else DEEPSEEK_EOS
+    return format_row(fmt).answer.split("{answer}")[1]
 
 
 # A chat template that renders one user turn and its answer as Llama-3.1-Instruct's does (no system message, no

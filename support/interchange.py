@@ -12,13 +12,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from support import files
+import families
 import prompts
+from support import files
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
-FAMILIES = {"SEQ_2_SEQ_LM": "t5", "CAUSAL_LM": "llama"}  # PEFT task types -> the model families tpv has
+FAMILIES = {m.PEFT_TASK_TYPE: m.FAMILY for m in families.BY_NAME.values()}  # PEFT task types -> tpv's families
 
 
 def read_adapter(folder):
@@ -63,15 +64,14 @@ def read_foreign_prompt(source, n):
 
 
 def write_adapter(folder, prompt, model_name, family, force):
-    """A prompt -> a PEFT prompt-tuning adapter that PEFT loads: SEQ_2_SEQ_LM for T5 (encoder rows only), CAUSAL_LM
-    for decoder-only models (every row goes before the input)."""
+    """A prompt -> a PEFT prompt-tuning adapter that PEFT loads, of the family's task type: SEQ_2_SEQ_LM for T5
+    (encoder rows only), CAUSAL_LM for decoder-only models (every row goes before the input)."""
     weights, config_path = os.path.join(folder, ADAPTER_WEIGHTS), os.path.join(folder, ADAPTER_CONFIG)
     for path in (weights, config_path):
         files.refuse_existing(path, force, "PEFT adapter")
     files.atomic_write(weights, lambda tmp: save_file({"prompt_embeddings": prompt.contiguous()}, tmp,
                                                       metadata={"format": "pt"}))
-    task_type = "SEQ_2_SEQ_LM" if family == "t5" else "CAUSAL_LM"
-    files.write_json(config_path, {"peft_type": "PROMPT_TUNING", "task_type": task_type,
+    files.write_json(config_path, {"peft_type": "PROMPT_TUNING", "task_type": families.BY_NAME[family].PEFT_TASK_TYPE,
                                    "num_virtual_tokens": prompt.shape[0], "token_dim": prompt.shape[1],
                                    "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM",
                                    "base_model_name_or_path": model_name, "inference_mode": True})

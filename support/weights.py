@@ -200,8 +200,8 @@ def build(model_class, cfg):
 
 def check_dtype(dtype):
     if dtype not in LOADABLE_DTYPES:
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}: for fp16 speed use autocast over "
-                         f"float32 weights (T5 overflows in float16: transformers#9295)")
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype} (T5 overflows in float16: "
+                         f"transformers#9295)")
 
 
 def load_weights(model, path, device, dtype, tied_names=(), ignored=(), float32_names=()):
