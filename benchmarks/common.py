@@ -18,7 +18,7 @@ import data
 import evaluation
 import model_llama
 import model_t5
-from experiments import LAMBDAS, SHOTS
+from experiments import LAMBDAS
 from support import hub, weights
 from train import (autocast_for, bf16_is_emulated, clip_per_run, inference_rows, largest_pack, packed_backward,
                    packed_loss, recipe, resolve_precision, weights_dtype)
