@@ -32,9 +32,9 @@
 #   --partition P    --slurm: the partition, or a comma list of them (default: the cluster's default)
 #   --time T         --slurm: each array task's time limit: minutes, HH:MM:SS or D-HH:MM:SS (default: the
 #                    partition's)
-#   --estimate       time a few packed training steps of --model here and print the grid's device-hours
-#                    (python bench.py estimate; no data needed, nothing downloaded; --quick: of the tiny T5, which
-#                    it writes first when it is not there)
+#   --estimate       time a few packed training steps of --model here and print the device-hours of the
+#                    commands --plan prints (python bench.py estimate --plan -; no data needed, nothing downloaded;
+#                    --quick: of the tiny T5, which it writes first when it is not there)
 #   -h, --help       this text
 #
 # Relative paths you give (options, $TPV_DATA) are relative to the folder you run run.sh from; the defaults
@@ -401,9 +401,11 @@ if [ "$TINY" = 1 ] && ! finished 0; then  # the model stage is this one entry
   "${command[@]}" || die 1 "tpv.py tiny-model could not write the tiny model to $MODEL (see above)"
 fi
 
-if [ "$MODE" = --estimate ]; then
-  exec "$PYTHON" bench.py estimate --model "$MODEL" --origins "$ORIGINS" --tasks "$SOURCES" --shots "$SHOTS" \
-    --transfer "${TRANSFER[*]}" "${PACKING[@]}"
+if [ "$MODE" = --estimate ]; then  # bench.py prices the lines of the plan, the grid's one definition
+  plan=$(for stage in "${ORDER[@]}"; do  # what --plan prints
+    for i in $(of_stage "$stage"); do printf '%s %s\n' "$stage" "${COMMAND[i]}"; done
+  done)
+  exec "$PYTHON" bench.py estimate --plan - --model "$MODEL" <<< "$plan"
 fi
 
 mkdir -p -- "$LOGS"

@@ -1,9 +1,10 @@
 """
-Tests of bench.py's packing benchmark and grid estimate, on the tiny shape with one or two timed steps: the
-tables print, the two arms of `pack` do the same work through train.packed_loss, `estimate` counts the grid that
-run.sh runs, and bf16 on a CPU that emulates it is reported, not timed. Then the Llama benchmarks: `llama-step`
-times ours and transformers + PEFT only when they compute the same loss, `load` writes random checkpoints (one file
-or shards) and reports the peak memory of loading each in a fresh process.
+Tests of bench.py and benchmarks/: the packing benchmark and the grid estimate, on the tiny shape with one or two
+timed steps: the tables print, the two arms of `pack` do the same work through train.packed_loss, `estimate` prices
+the lines of ./run.sh --plan (the grid that run.sh runs), and bf16 on a CPU that emulates it is reported, not
+timed. Then the Llama benchmarks: `llama-step` times ours and transformers + PEFT only when they compute the same
+loss, `load` writes random checkpoints (one file or shards) and reports the peak memory of loading each in a fresh
+process.
 """
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import bench
+from benchmarks import common, estimate, llama, packs
 from support import weights
 import model_llama
 import model_t5
@@ -44,16 +46,16 @@ def test_packed_steps_compute_what_the_runs_compute_one_at_a_time(monkeypatch):
     packed_loss = train.packed_loss
     monkeypatch.setattr(train, "packed_loss", lambda model, prompts, batch: calls.append(len(prompts))
                         or packed_loss(model, prompts, batch))
-    model = bench.random_t5(model_t5.T5Config(**bench.SHAPES["tiny"]), CPU)
+    model = common.random_t5(model_t5.T5Config(**common.SHAPES["tiny"]), CPU)
     model_t5.set_dropout(model, 0.0)
-    batch = bench.random_batch(2, 7, 3, model.config.vocab_size, CPU)
+    batch = common.random_batch(2, 7, 3, model.config.vocab_size, CPU)
     inits = torch.randn(3, 5, model.config.d_model, generator=torch.Generator().manual_seed(1)) * 0.5
-    alone, packed = bench.arm(inits, 1), bench.arm(inits, 3)
+    alone, packed = packs.arm(inits, 1), packs.arm(inits, 3)
     for _ in range(2):
         calls.clear()
-        separate = bench.round_losses(model, alone, batch, nullcontext)
+        separate = packs.round_losses(model, alone, batch, nullcontext)
         assert calls == [1, 1, 1]
-        together = bench.round_losses(model, packed, batch, nullcontext)
+        together = packs.round_losses(model, packed, batch, nullcontext)
         assert calls == [1, 1, 1, 3]
         assert together == pytest.approx(separate, rel=1e-5)
     stacked = torch.cat([prompts.detach() for prompts, _ in alone])
@@ -72,10 +74,11 @@ class OneSecondSteps:
         return 0.0
 
 
-def test_estimate_counts_the_v1_grid():
-    transfer = bench.transfer_groups(bench.TRANSFER)
-    costs = bench.grid_costs(OneSecondSteps(), 10, bench.SOURCE_TASKS.split(","), [0, 5, 10, 25, 50, 100, 250, 500,
-                             750, 1000], transfer, lambda tasks, shots, n_runs: min(10, n_runs))
+def test_estimate_counts_the_v1_grid_of_run_sh_plan():
+    """The lines of ./run.sh --plan with its defaults (the v1 grid) priced: the counts the grid had when
+    bench.py kept a copy of it."""
+    lines = estimate.parse_plan(estimate.run_plan([]))
+    costs = estimate.grid_costs(OneSecondSteps(), lines, lambda tasks, config, n_runs, line_pack: min(10, n_runs))
     source = costs["source prompts"]  # 10 epochs of batch 32 (TREC 50), one pack of the 10 origins per task
     steps = {"mnli": 12_241, "qnli": 3_242, "sst2": 2_074, "yelp_polarity": 17_469, "dbpedia": 17_469, "trec": 171}
     assert source.steps == sum(n * (50 if task == "trec" else 10) for task, n in steps.items())
@@ -88,24 +91,63 @@ def test_estimate_counts_the_v1_grid():
     assert costs["zero-shot addition"].runs == 15 * 10 and costs["cross-origin"].runs == 6 * 100
 
 
+def test_estimate_prices_what_each_line_says(tmp_path):
+    """A plan's line is priced as it stands: --max-steps and --eval-every (--quick's) change the steps, --pack the
+    packs, every --init is a run; a line with spaces and quotes in its values parses as bash would run it."""
+    lines = estimate.parse_plan(estimate.run_plan(["--quick", "--origins", "0-1", "--pack", "3",
+                                                   "--out", str(tmp_path / "a b 'q'")]))
+    assert {line.command for line in lines} >= {"tiny-model", "prepare", "train", "add", "cross-origin", "report"}
+    assert all(line.options["--out"] == [str(tmp_path / "a b 'q'")] for line in lines if "--out" in line.options)
+    costs = estimate.grid_costs(OneSecondSteps(), lines, lambda tasks, config, n_runs, line_pack: min(line_pack,
+                                                                                                       n_runs))
+    source, few = costs["source prompts"], costs["few-shot"]  # sst2, cola, trec: 2 origins each, 12 steps
+    assert (source.runs, source.packs, source.steps) == (6, 3, 3 * 12)
+    assert (few.runs, few.packs, few.steps) == (2 * 2 * 5, 4, 4 * 12)  # rte at 0 and 5 shots (trained): 10 runs in 3s
+    assert costs["zero-shot addition"].runs == 3 * 2 and costs["cross-origin"].runs == 3 * 4
+
+
+def test_estimate_keeps_the_transfer_groups_asked_for_and_refuses_others(tmp_path):
+    lines = estimate.parse_plan(estimate.run_plan([]))
+    kept = estimate.only_groups(lines, estimate.transfer_groups("dbpedia,trec:yahoo"))
+    assert [line.arguments[0] for line in kept if line.stage == "multitask"] == ["dbpedia,trec"]
+    assert {line.arguments[0] for line in kept if line.stage == "fewshot"} == {"yahoo"}
+    assert len(kept) == len(lines) - 2 - 5 * 10  # two pairs' multi-task lines, five targets x 10 shot counts
+    with pytest.raises(SystemExit, match="the plan has no few-shot lines of sst2,cola, sst2,cola:rte"):
+        estimate.only_groups(lines, estimate.transfer_groups("sst2,cola:rte"))
+
+
+def test_estimate_reads_a_plan_from_stdin_like_run_sh_estimate(tmp_path):
+    """./run.sh --plan | bench.py estimate --plan -: the plan's grid, not bench.py's --origins default."""
+    (tmp_path / "config.json").write_text(json.dumps(model_t5.T5Config(**common.SHAPES["tiny"]).to_dict()))
+    plan = estimate.run_plan(["--origins", "0", "--tasks", "sst2,cola", "--shots", "0"])
+    out = subprocess.run([sys.executable, "bench.py", "estimate", "--plan", "-", "--model", str(tmp_path), "--steps",
+                          "1", "--max-rows", "4", "--device", "cpu"], input=plan, capture_output=True, text=True,
+                         cwd=HERE, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "lines of the plan on stdin) for" in out.stdout
+    assert "1 origins, source tasks sst2,cola, shots none" in out.stdout
+    assert re.search(r"^zero-shot addition +1 +0 +0 +- ", out.stdout, re.M), out.stdout
+
+
 def test_estimate_prints_every_experiment_and_a_total(tmp_path, capsys):
     """On a model folder's config.json (tpv.py tiny-model writes such folders), a few timed tiny steps."""
-    (tmp_path / "config.json").write_text(json.dumps(model_t5.T5Config(**bench.SHAPES["tiny"]).to_dict()))
+    (tmp_path / "config.json").write_text(json.dumps(model_t5.T5Config(**common.SHAPES["tiny"]).to_dict()))
     bench.main(["estimate", "--model", str(tmp_path), "--origins", "0-1", "--shots", "0,5", "--steps", "1",
                 "--max-rows", "4", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "(d_model 32, 2+2 layers), fp32" in out
+    assert "lines of ./run.sh --plan) for" in out and "(d_model 32, 2+2 layers), fp32" in out
+    assert "2 origins, source tasks mnli,qnli,sst2,yelp_polarity,dbpedia,trec, shots 0,5;" in out
     for name in ("source prompts", "multi-task SPoT", "zero-shot addition", "cross-origin", "few-shot"):
         assert re.search(rf"^{name} +[\d,]+ +[\d,]+ +[\d,]+ +([\d.]+|-) +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), name
     assert re.search(r"^total +[\d.]+$", out, re.M) and "the paper: about 1,200 A100" in out
 
 
 def test_bf16_on_a_cpu_that_emulates_it_is_reported_not_timed(monkeypatch, capsys):
-    monkeypatch.setattr(train, "bf16_is_emulated", lambda device: True)
+    monkeypatch.setattr(common, "bf16_is_emulated", lambda device: True)
     bench.main(["pack", "--shape", "tiny", "--runs", "2", "--batch", "2", "--precision", "fp32,bf16", "--steps", "1",
                 "--device", "cpu"])
     out = capsys.readouterr().out
-    assert out.startswith(bench.EMULATED_BF16 + "\n")
+    assert out.startswith(common.EMULATED_BF16 + "\n")
     assert re.search(r"^tiny +fp32 ", out, re.M) and not re.search(r"^tiny +bf16 ", out, re.M)
     with pytest.raises(SystemExit, match="emulates it"):
         bench.main(["estimate", "--model", "tiny", "--precision", "bf16", "--device", "cpu"])
@@ -144,7 +186,7 @@ def test_llama_step_refuses_to_time_different_work(monkeypatch):
 
 
 def test_random_checkpoints_of_a_size_load_alike_from_one_file_and_from_shards(tmp_path):
-    cfg = bench.llama_of_size(4 * 2 ** 20)
+    cfg = llama.llama_of_size(4 * 2 ** 20)
     size = 2 * sum(p.numel() for p in weights.build(model_llama.Llama, cfg).parameters())
     layer = 2 * sum(p.numel() for p in weights.build(model_llama.Llama, cfg).model.layers[0].parameters())
     assert abs(size - 4 * 2 ** 20) <= layer / 2  # the nearest number of layers
@@ -152,7 +194,7 @@ def test_random_checkpoints_of_a_size_load_alike_from_one_file_and_from_shards(t
     for layout, max_shard in (("one", None), ("shards", 2 ** 19)):
         (tmp_path / layout).mkdir()
         torch.manual_seed(0)
-        files = bench.write_random_llama(cfg, tmp_path / layout, max_shard)
+        files = llama.write_random_llama(cfg, tmp_path / layout, max_shard)
         assert sum((tmp_path / layout / f).stat().st_size for f in files) > size  # the tensors and headers
         if max_shard:  # each shard within the limit (with its header), or one larger tensor alone
             index = json.loads((tmp_path / layout / "model.safetensors.index.json").read_text())["weight_map"]

@@ -462,15 +462,13 @@ def test_local_run_launches_the_packs_not_finished_with_resume_and_pack(sandbox)
          "similarity.log"])
 
 
-@pytest.mark.parametrize("args, model, pack", [([], "t5-base", []), (["--pack", "4", "--model", "t5-small"],
-                                                                     "t5-small", ["--pack", "4"])])
-def test_estimate_calls_bench_estimate_with_the_grid_and_passes_its_status(sandbox, args, model, pack):
+@pytest.mark.parametrize("args, model", [([], "t5-base"), (["--pack", "4", "--model", "t5-small"], "t5-small")])
+def test_estimate_calls_bench_estimate_with_the_plan_and_passes_its_status(sandbox, args, model):
+    """bench.py gets the plan on stdin (the stub does not read it; bench.py's tests price run.sh's plan)."""
     before = files_under(sandbox)
     process, calls = run(sandbox, "--estimate", *args)
     assert process.returncode == 0, process.stderr
-    assert calls == [["bench.py", "estimate", "--model", model, "--origins", "0,1,2,3,4,5,6,7,8,9", "--tasks",
-                      ",".join(DEFAULT_SOURCES), "--shots", "0,5,10,25,50,100,250,500,750,1000", "--transfer",
-                      " ".join(f"{pair}:{','.join(targets)}" for pair, targets in DEFAULT_PAIRS.items()), *pack]]
+    assert calls == [["bench.py", "estimate", "--plan", "-", "--model", model]]
     assert files_under(sandbox) == before  # no data, no logs
     process, calls = run(sandbox, "--estimate", *args, fail="estimate")
     assert process.returncode == 1 and len(calls) == 1
@@ -481,6 +479,5 @@ def test_estimate_with_quick_writes_the_tiny_model_first_and_no_data(sandbox):
     assert process.returncode == 0, process.stderr
     model = f"{sandbox}/runs/tiny-t5"
     assert [c[:2] for c in calls] == [["tpv.py", "tiny-model"], ["bench.py", "estimate"]]
-    assert calls[1] == ["bench.py", "estimate", "--model", model, "--origins", "0", "--tasks", "sst2,cola,trec",
-                        "--shots", "0,5", "--transfer", "sst2,cola:rte"]
+    assert calls[1] == ["bench.py", "estimate", "--plan", "-", "--model", model]
     assert not (sandbox / "runs" / "logs").exists()

@@ -1,0 +1,1 @@
+"""The benchmarks behind bench.py, one module per concern (python bench.py --help)."""
