@@ -90,7 +90,7 @@ COMMANDS = {
         "transfer": (None, "only these few-shot groups of the plan, 'SOURCE,SOURCE:TARGET,...' separated by spaces "
                      "(default: all of the plan's; run.sh's are the paper's)", {"type": transfer_groups}),
         "pack": (None, "at most N runs per training step (default: the plan's --pack, else as many as fit, "
-                 "train.largest_pack)", {"type": int}),
+                 "model_t5.largest_pack)", {"type": int}),
         "precision": ("auto", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16", {"choices": ["auto", "fp32",
                                                                                                    "bf16"]}),
         "prompt": (50, "prompt vectors"),

@@ -22,7 +22,7 @@ What every family module provides (test_tpv.py checks that each one has all of i
     predict_words(model, tokenizer, task, tokens, idx, prompts, scoring, max_new_tokens)
                                                   -> R lists of B predicted label words
     inference_rows(model, device, prompt_len, validation) -> rows a validation or evaluation forward takes
-    largest_pack(model, batch_size, source_len, target_len, dtype, budget) -> runs a training step fits in budget
+    largest_pack(config, batch_size, source_len, target_len, dtype, budget) -> runs a step fits in budget
     describe(model)                               -> the lines `tpv.py info` prints about the parameters
     tiny_model(tokenizer_file, seed)              -> (a small random model, write(folder)), for smoke runs
 

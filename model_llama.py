@@ -487,7 +487,7 @@ def inference_rows(model, device, prompt_len, validation=False):
     return 8 if validation else 64
 
 
-def largest_pack(model, batch_size, source_len, target_len, dtype, budget):
+def largest_pack(cfg, batch_size, source_len, target_len, dtype, budget):
     """1: no activation estimate for decoder-only models yet; a 7-8B model trains one run per step unless --pack."""
     return 1
 

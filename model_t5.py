@@ -547,9 +547,9 @@ def activation_bytes(cfg, rows, source_len, target_len, dtype):
     return rows * ((encoder + decoder) * element + logits)
 
 
-def largest_pack(model, batch_size, source_len, target_len, dtype, budget):
+def largest_pack(cfg, batch_size, source_len, target_len, dtype, budget):
     """The most runs whose packed step fits `budget` bytes (at least 1)."""
-    return max(1, budget // activation_bytes(model.config, batch_size, source_len, target_len, dtype))
+    return max(1, budget // activation_bytes(cfg, batch_size, source_len, target_len, dtype))
 
 
 def inference_bytes(cfg, source_len):

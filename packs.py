@@ -127,7 +127,7 @@ def default_pack(todo, command, model, tokenizer, device):
         if len(data.lengths(tokens)):
             source = max(source, int(data.lengths(tokens).max()))
             target = max(target, int(np.diff(tokens["target_offsets"]).max()))
-    return families.of(model).largest_pack(model, config.batch_size, source + config.prompt_len, target,
+    return families.of(model).largest_pack(model.config, config.batch_size, source + config.prompt_len, target,
                                            devices.weights_dtype(config.precision, device),
                                            devices.memory_budget(device))
 

@@ -41,11 +41,11 @@ def test_pack_prints_rates_and_their_ratio():
 
 def test_packed_steps_compute_what_the_runs_compute_one_at_a_time(monkeypatch):
     """R runs in one pack and the same R runs one after another: the same losses at every step (so the same
-    gradients, clipping and AdamW updates), each arm through train.packed_loss, one call per pack."""
+    gradients, clipping and AdamW updates), each arm through the family's run_losses, one call per pack."""
     calls = []
-    packed_loss = train.packed_loss
-    monkeypatch.setattr(train, "packed_loss", lambda model, prompts, batch: calls.append(len(prompts))
-                        or packed_loss(model, prompts, batch))
+    run_losses = model_t5.run_losses
+    monkeypatch.setattr(model_t5, "run_losses", lambda model, prompts, batch: calls.append(len(prompts))
+                        or run_losses(model, prompts, batch))
     model = common.random_t5(model_t5.T5Config(**common.SHAPES["tiny"]), CPU)
     model_t5.set_dropout(model, 0.0)
     batch = common.random_batch(2, 7, 3, model.config.vocab_size, CPU)

@@ -20,8 +20,14 @@ import model_llama
 import model_t5
 from experiments import LAMBDAS
 from support import hub, weights
-from train import (autocast_for, bf16_is_emulated, clip_per_run, inference_rows, largest_pack, packed_backward,
-                   packed_loss, recipe, resolve_precision, weights_dtype)
+from support.devices import autocast_for, bf16_is_emulated, memory_budget, resolve_precision, weights_dtype
+from train import clip_per_run, forward_backward, recipe
+
+
+def largest_pack(cfg, batch_size, source_len, target_len, precision, device):
+    """The most T5 runs whose packed step fits the memory budget, as tpv.py train's default --pack."""
+    return model_t5.largest_pack(cfg, batch_size, source_len, target_len, weights_dtype(precision, device),
+                                 memory_budget(device))
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench.py")  # for fresh processes
 SHAPES = {  # the published configs' shapes (weights are random)
@@ -36,9 +42,9 @@ SHAPES = {  # the published configs' shapes (weights are random)
     "t5-large": dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16, d_kv=64, feed_forward_proj="relu"),
     "tiny": dict(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, feed_forward_proj="relu"),  # for tests
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the precisions a pack trains in (train.autocast_for)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the precisions a pack trains in (devices.autocast_for)
 EMULATED_BF16 = ("bf16: not timed: this CPU has no native bf16 (AVX512-BF16 or AMX), so PyTorch emulates it, about "
-                 "100x slower than fp32 (train.bf16_is_emulated)")
+                 "100x slower than fp32 (devices.bf16_is_emulated)")
 MATMUL_N = {"cuda": 8192, "cpu": 2048}  # matmul_rate's n: large enough to reach the device's peak
 SPEED_HEADING = f"{'s/step':>9}{'tokens/s':>10}{'ours is':>10}"  # the columns of speed_columns
 
@@ -70,7 +76,7 @@ def same_weights(build_hf, load_ours, dtype, device, *hf_options):
 
 def random_t5(cfg, device, precision="fp32"):
     """Our T5 with random weights of a config (nothing loaded), frozen, in the dtype tpv.py loads it in for this
-    precision (train.weights_dtype), in training mode: dropout at the config's rate (0.1), as the recipe trains."""
+    precision (devices.weights_dtype), in training mode: dropout at the config's rate (0.1), as the recipe trains."""
     torch.manual_seed(0)
     model = model_t5.T5(cfg).requires_grad_(False).to(device).train()
     return model.to_dtype(weights_dtype(precision, device))

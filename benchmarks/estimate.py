@@ -8,7 +8,7 @@ weights of the model's shape, and the paper's dataset sizes.
     ./run.sh --plan --quick | python bench.py estimate --plan - --model runs/tiny-t5
     ./run.sh --estimate                                # the same, from run.sh: it hands bench.py its plan
 
-A `tpv.py train` line costs its runs (origins x inits) in packs of the memory estimate's size (train.largest_pack
+A `tpv.py train` line costs its runs (origins x inits) in packs of the memory estimate's size (model_t5.largest_pack
 at 256 source tokens; --pack caps it), its steps and validation passes from the recipe (train.recipe with the
 line's --max-steps, --epochs, --batch-size and --eval-every), then each run's greedy test evaluation; an `add` line
 its lambda sweep on validation and its tests; `cross-origin` every origin_i + tau_j on test. The other lines
@@ -81,19 +81,19 @@ class Timings:
 
     def __init__(self, cfg, precision, prompt_len, steps, max_rows, device, log=print):
         self.model, self.cfg, self.prompt_len = random_t5(cfg, device, precision), cfg, prompt_len
-        self.autocast, _ = common.autocast_for(precision, device)
+        self.autocast = common.autocast_for(precision, device)
         self.steps, self.max_rows, self.device, self.log = steps, max_rows, device, log
         self.cache = {}
-        # rows per inference forward, as train.validation_losses and evaluation.predict take them; read once, so
+        # rows per inference forward, as evaluation.validation_losses and evaluation.predict take them; read once, so
         # that the memory the timings cache cannot change them (and with them the settings timed)
-        self.validation_rows = common.inference_rows(self.model, device, prompt_len, validation=True)
-        self.generation_rows = common.inference_rows(self.model, device, prompt_len)
+        self.validation_rows = common.model_t5.inference_rows(self.model, device, prompt_len, validation=True)
+        self.generation_rows = common.model_t5.inference_rows(self.model, device, prompt_len)
 
     def step(self, batch, pack, source, target):
         return self.interpolated("step", batch, pack, source, target)
 
     def validation(self, source, target):
-        """Per example and run: train.validation_losses forwards validation_rows rows at a time, whatever the pack."""
+        """Per example and run: evaluation.validation_losses forwards validation_rows rows at a time, whatever the pack."""
         return self.interpolated("validation", self.validation_rows, 1, source, target) / self.validation_rows
 
     def generation(self, source, longest):
@@ -126,7 +126,7 @@ class Timings:
             trained = pack_of(inits)
             work = lambda: packed_step(model, trained, examples, autocast)
         elif kind == "validation":
-            work = inference(lambda: common.packed_loss(model, inits, examples).tolist(), autocast)
+            work = inference(lambda: common.model_t5.run_losses(model, inits, examples).tolist(), autocast)
         else:  # random weights never emit EOS: every example decodes all `target` tokens
             work = inference(lambda: model_t5.generate_greedy(model, examples["input_ids"],
                                                               examples["attention_mask"], inits[0], target).tolist(),
@@ -169,7 +169,7 @@ RUN_SH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 FLAGS = ("--resume", "--force")  # tpv.py's options in the plan's lines that take no value
 ROWS = {"sources": "source prompts", "multitask": "multi-task SPoT", "sums": "zero-shot addition",
         "analysis": "cross-origin", "fewshot": "few-shot"}  # the plan's stages that cost: the table's rows, in order
-PACKS = "the plan's --pack, else as many runs as fit (train.largest_pack at 256 source tokens)"  # no --pack
+PACKS = "the plan's --pack, else as many runs as fit (model_t5.largest_pack at 256 source tokens)"  # no --pack
 FREE = ("download", "tiny-model", "download-data", "prepare", "similarity", "report")  # next to nothing: not priced
 RECIPE_OPTIONS = {"--max-steps": "max_steps", "--epochs": "epochs", "--batch-size": "batch_size",
                   "--eval-every": "eval_every"}  # tpv.py train's options that change the work (train.recipe's names)

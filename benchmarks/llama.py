@@ -54,7 +54,7 @@ def make_llamas(shape, vocab, dtype, device, attentions):
 def llama_losses(ours, hfs, ids, init, autocast):
     """{variant: (its prompt parameters, loss())}: ours, and transformers + PEFT's CAUSAL_LM prompt tuning for each
     attention implementation, both from init. The loss: the mean cross-entropy of every token given the prompt and
-    the tokens before it (the first given the prompt alone); ours computes it as training does (train.packed_loss:
+    the tokens before it (the first given the prompt alone); ours computes it as training does (the family's run_losses:
     model_llama.token_losses, one run), PEFT from labels = the tokens."""
     from peft import PromptTuningConfig, get_peft_model
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
@@ -62,7 +62,7 @@ def llama_losses(ours, hfs, ids, init, autocast):
 
     def ours_loss():
         with autocast():
-            return common.packed_loss(ours, prompt[None], batch)[0] / ids.numel()
+            return common.model_llama.run_losses(ours, prompt[None], batch)[0] / ids.numel()
     losses = {"ours": ([prompt], ours_loss)}
     for attention, hf in hfs.items():
         peft_model = get_peft_model(hf, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=len(init)))
@@ -109,7 +109,7 @@ def llama_step(args):
     if args.precision != "fp32" and common.bf16_is_emulated(device):
         sys.exit(f"bench.py llama-step: {EMULATED_BF16}; llama-step --precision fp32")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    autocast, _ = common.autocast_for("bf16" if args.precision == "bf16-autocast" else "fp32", device)
+    autocast = common.autocast_for("bf16" if args.precision == "bf16-autocast" else "fp32", device)
     ours, hfs = make_llamas(args.shape, args.vocab, dtype, device, args.attention)
     cfg = ours.config
     g = torch.Generator().manual_seed(0)
@@ -139,7 +139,7 @@ def llama_step(args):
         print(f"{name:28}{speed_columns(median, tokens, seconds['ours'])}{loss_diff}{grad_diff}")
     flops = 2 * llama_forward_flops(cfg, args.batch, args.prompt + args.tokens, args.tokens)  # head: labelled ones
     peak = matmul_rate(torch.bfloat16 if args.precision != "fp32" else torch.float32, device)
-    print(f"ours: the loss as training computes it (train.packed_loss); PEFT: labels = the tokens. tokens/s counts "
+    print(f"ours: the loss as training computes it (model_llama.run_losses); PEFT: labels = the tokens. tokens/s counts "
           f"prompt + tokens; loss diff, grad diff: relative differences from ours of the first step's loss and prompt "
           f"gradient; ours: {flops / 1e9:,.0f} GFLOP per step, {flops / seconds['ours'] / 1e9:,.1f} "
           f"GFLOP/s = {flops / seconds['ours'] / peak:.0%} of this machine's {args.precision.split('-')[0]} matmul "

@@ -1,6 +1,6 @@
 """
 Packed training against the same runs one after another: R runs that differ only in their prompt share each step
-of the frozen model (train.packed_loss), timed in run-steps per second, with the rate of the device's matrix
+of the frozen model (model_t5.run_losses), timed in run-steps per second, with the rate of the device's matrix
 product beside them. Its packed step (train.train's step, without data loading) also serves the grid estimate.
 
     python bench.py pack                   # 10 runs packed vs one after another (few-shot batches)
@@ -13,7 +13,6 @@ from benchmarks.common import (DTYPES, EMULATED_BF16, MATMUL_N, SHAPES, data, de
                                matmul_rate, medians, model_t5, pick_device, random_batch, random_t5)
 
 
-NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)  # scale() returns the loss as it is
 
 
 def pack_of(inits):
@@ -24,12 +23,12 @@ def pack_of(inits):
 
 def packed_step(model, pack, batch, autocast):
     """One step of train.train's loop for a pack, without its data loading, schedule and bookkeeping: the runs'
-    losses per target token (train.packed_loss under autocast), the backward of their sum, each run's gradient
+    losses per target token (model_t5.run_losses under autocast), the backward of their sum, each run's gradient
     clipped to norm 1, AdamW, zero_grad. -> the (R,) losses, read back as the loop reads them (a synchronisation
     per step)."""
     prompts, optimizer = pack
     # the batch has no padding: every label is a target token; no loss scaler (fp32 and bf16 need none)
-    losses = common.packed_backward(model, prompts, batch, batch["labels"].numel(), autocast, NO_SCALER)
+    losses = common.forward_backward(model, prompts, batch, autocast)
     common.clip_per_run(prompts.grad, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -69,8 +68,8 @@ def pack_speed(args):
         print(EMULATED_BF16)
         precisions = [p for p in precisions if p != "bf16"]
     print(f"{args.runs} runs, one after another (alone: {args.runs} steps of one run each, each run its own AdamW) "
-          f"and packed (one step of all {args.runs}, or of as many as fit the memory: train.largest_pack); a step "
-          f"is train.train's: packed_loss under autocast, backward, per-run clipping, AdamW; random weights, "
+          f"and packed (one step of all {args.runs}, or of as many as fit the memory: model_t5.largest_pack); a step "
+          f"is train.train's: the family's run_losses under autocast, backward, per-run clipping, AdamW; random weights, "
           f"dropout 0.1, {args.prompt} prompt vectors + the source tokens, {args.tgt} target tokens; median of "
           f"{args.steps} rounds after a warm-up; {device_words(device)}")
     print(f"{'shape':10}{'precision':>10}{'batch':>6}{'source':>7}{'runs':>5}{'pack':>5}{'alone':>13}{'packed':>13}"
@@ -90,7 +89,7 @@ def pack_speed(args):
 def pack_row(model, shape, precision, batch, peak, args, device):
     """One line of `bench.py pack`: both arms timed on the same batch and initial prompts."""
     cfg, source = model.config, pack_source_len(batch)
-    autocast, _ = common.autocast_for(precision, device)
+    autocast = common.autocast_for(precision, device)
     pack = min(args.runs, common.largest_pack(cfg, batch, source + args.prompt, args.tgt, precision, device))
     inits = torch.randn(args.runs, args.prompt, cfg.d_model, generator=torch.Generator().manual_seed(0)) * 0.5
     examples = random_batch(batch, source, args.tgt, cfg.vocab_size, device)

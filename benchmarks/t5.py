@@ -166,7 +166,7 @@ def eval_speed(args):
           f"{device_words(device)}, median of {args.repeats}")
     print(f"{'':28}{'s/batch':>9}{'examples/s':>12}")
     for precision in ("fp32", "bf16"):
-        autocast, _ = common.autocast_for(precision, device)
+        autocast = common.autocast_for(precision, device)
         for name, fn in methods.items():
             with torch.no_grad(), autocast():
                 fn()
