@@ -19,6 +19,7 @@ What every family module provides (test_tpv.py checks that each one has all of i
                                                      encode_example(task, row, max_source) -> (source, target, cut)
     batch_maker(model, tokenizer, loss)           -> make_batch(tokens, idx): a training or validation batch
     run_losses(model, prompts, batch)             -> (R,) each prompt's summed token loss over the batch's B rows
+    label_words(task)                             -> the words it predicts (empty: none to rank, a regression task)
     predict_words(model, tokenizer, task, tokens, idx, prompts, scoring, max_new_tokens)
                                                   -> R lists of B predicted label words
     inference_rows(model, device, prompt_len, validation) -> rows a validation or evaluation forward takes
@@ -41,7 +42,7 @@ FAMILIES = {"t5": model_t5, "mt5": model_t5, "llama": model_llama}  # config.jso
 BY_NAME = {module.FAMILY: module for module in FAMILIES.values()}  # what prompt files record -> module
 DEFAULT = model_t5  # the paper's family: prompt files from before the Llama family hold T5 prompts
 INTERFACE = ("FAMILY", "NAME", "PEFT_TASK_TYPE", "OPTIONS", "recipe_defaults", "load", "load_tokenizer",
-             "batch_maker", "run_losses", "predict_words", "inference_rows", "largest_pack", "describe", "tiny_model")
+             "batch_maker", "run_losses", "label_words", "predict_words", "inference_rows", "largest_pack", "describe", "tiny_model")
 
 
 class FamilyError(ValueError):
