@@ -41,8 +41,8 @@ from support import weights
 FAMILIES = {"t5": model_t5, "mt5": model_t5, "llama": model_llama}  # config.json's model_type -> module
 BY_NAME = {module.FAMILY: module for module in FAMILIES.values()}  # what prompt files record -> module
 DEFAULT = model_t5  # the paper's family: prompt files from before the Llama family hold T5 prompts
-INTERFACE = ("FAMILY", "NAME", "PEFT_TASK_TYPE", "OPTIONS", "recipe_defaults", "load", "load_tokenizer",
-             "batch_maker", "run_losses", "label_words", "predict_words", "inference_rows", "largest_pack", "describe", "tiny_model")
+INTERFACE = ("FAMILY", "NAME", "PEFT_TASK_TYPE", "OPTIONS", "recipe_defaults", "load", "load_tokenizer", "batch_maker",
+             "run_losses", "label_words", "predict_words", "inference_rows", "largest_pack", "describe", "tiny_model")
 
 
 class FamilyError(ValueError):

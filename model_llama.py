@@ -450,11 +450,9 @@ def batch_maker(model, tokenizer, loss):
 def run_losses(model, prompts, batch):
     """prompts (R, n, d), a batch of B chat texts -> (R,) summed cross-entropy of each prompt over its own copy of
     the batch: each label token given the prompt and the tokens before it (token_losses)."""
-    R, B = prompts.shape[0], batch["input_ids"].shape[0]
-    rows = {k: v.repeat(R, 1) for k, v in batch.items()}  # (R*B, L), prompt-major
-    token_loss = token_losses(model, rows["input_ids"], rows["attention_mask"], rows["labels"],
-                              prompts.repeat_interleave(B, dim=0))  # (R*B, L)
-    return token_loss.view(R, -1).sum(1)  # (R,)
+    rows, prompt_rows = layers.rows_per_prompt(batch, prompts)  # (R*B, L), prompt-major; (R*B, n, d)
+    token_loss = token_losses(model, rows["input_ids"], rows["attention_mask"], rows["labels"], prompt_rows)
+    return token_loss.view(prompts.shape[0], -1).sum(1)  # (R,)
 
 
 def label_words(task):
@@ -466,11 +464,10 @@ def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generat
     """The label words predicted for examples idx with each of R prompts (R, n, d) (None: the model alone): the
     reply generated after the chat prefix matched to the task's label words (instruct.label_of), or the best-scoring
     answer (scoring="rank"). -> R lists of len(idx) words, in T5's spelling for the metrics."""
-    batch = data.collate_prefixes(tokens, idx, pad_id(model.config))
-    ids, mask = (batch[k].to(model.lm_head.weight.device) for k in ("input_ids", "attention_mask"))
-    R, B = 1 if prompts is None else prompts.shape[0], len(idx)
-    ids, mask = ids.repeat(R, 1), mask.repeat(R, 1)  # (R*B, S), prompt-major
-    prompt_rows = None if prompts is None else prompts.repeat_interleave(B, dim=0)  # (R*B, n, d)
+    batch = {k: v.to(model.lm_head.weight.device) for k, v in data.collate_prefixes(tokens, idx, pad_id(model.config))
+             .items()}
+    rows, prompt_rows = layers.rows_per_prompt(batch, prompts)  # (R*B, S) left-padded, prompt-major; (R*B, n, d)
+    ids, mask = rows["input_ids"], rows["attention_mask"]
     if scoring == "rank":  # the answers as the chat writes them after the prefix, e.g. "not entailment<|eot_id|>"
         candidates = [instruct.answer_ids(tokenizer, tokenizer.chat_format, w) for w in task.words]
         scores = score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
@@ -478,7 +475,7 @@ def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generat
     else:
         out = generate_greedy(model, ids, mask, prompt_rows, max_new_tokens or instruct.MAX_NEW_TOKENS)
         words = [instruct.label_of(task, tokenizer.decode(row).strip()) for row in out.tolist()]
-    return [words[r * B:(r + 1) * B] for r in range(R)]
+    return [words[r:r + len(idx)] for r in range(0, len(words), len(idx))]
 
 
 def inference_rows(model, device, prompt_len, validation=False):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import data
 from support import decoding, devices
-from support.layers import RMSNorm, additive_mask, check_prompt, set_dropout
+from support.layers import RMSNorm, additive_mask, check_prompt, rows_per_prompt, set_dropout
 from support.weights import (FRACTION, POSITIVE, TOKEN_ID, CheckpointError, build, check_dtype, check_fields,
                          load_weights, model_file, model_folder, read_config, save_weights)
 
@@ -497,14 +497,12 @@ def run_losses(model, prompts, batch):
     """prompts (R, n, d), a batch of B examples -> (R,) summed cross-entropy of each prompt over its own copy of
     the batch, in fp32 under any autocast. Row r*B + b is example b with prompt r: a prompt's loss (and so its
     gradient) comes from its rows only (the model is frozen, and T5 mixes no rows)."""
-    R, B = prompts.shape[0], batch["input_ids"].shape[0]
-    rows = {k: v.repeat(R, 1) for k, v in batch.items()}  # (R*B, S) and (R*B, T), prompt-major
-    prompt_rows = prompts.repeat_interleave(B, dim=0)  # (R*B, n, d)
+    rows, prompt_rows = rows_per_prompt(batch, prompts)  # (R*B, S) and (R*B, T); (R*B, n, d)
     logits = model(rows["input_ids"], shift_right(rows["labels"]), rows["attention_mask"],
                    prompt=prompt_rows)  # (R*B, T, V)
     token_losses = F.cross_entropy(logits.float().flatten(0, 1), rows["labels"].flatten(), ignore_index=-100,
                                    reduction="none")  # (R*B*T,), 0 on padding
-    return token_losses.view(R, -1).sum(1)  # (R,)
+    return token_losses.view(prompts.shape[0], -1).sum(1)  # (R,)
 
 
 def label_words(task):
@@ -516,9 +514,8 @@ def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generat
     """The label words predicted for examples idx with each of R prompts (R, n, d) (None: the model alone):
     generated greedily, or the best-scoring label word (scoring="rank"). -> R lists of len(idx) words."""
     batch = {k: v.to(model.lm_head.weight.device) for k, v in data.collate(tokens, idx).items()}
-    R, B = 1 if prompts is None else prompts.shape[0], len(idx)
-    ids, mask = batch["input_ids"].repeat(R, 1), batch["attention_mask"].repeat(R, 1)  # (R*B, S), prompt-major
-    prompt_rows = None if prompts is None else prompts.repeat_interleave(B, dim=0)  # (R*B, n, d)
+    rows, prompt_rows = rows_per_prompt(batch, prompts)  # (R*B, S), prompt-major; (R*B, n, d)
+    ids, mask = rows["input_ids"], rows["attention_mask"]
     candidates = [tokenizer.encode(w) for w in task.labels]
     if scoring == "rank":
         scores = score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
@@ -527,7 +524,7 @@ def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generat
         longest = max(len(c) for c in candidates) + 4 if candidates else 8
         out = generate_greedy(model, ids, mask, prompt_rows, max_new_tokens or longest)
         words = [tokenizer.decode(row).strip() for row in out.tolist()]
-    return [words[r * B:(r + 1) * B] for r in range(R)]
+    return [words[r:r + len(idx)] for r in range(0, len(words), len(idx))]
 
 
 def activation_bytes(cfg, rows, source_len, target_len, dtype):

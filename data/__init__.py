@@ -9,11 +9,10 @@ tpv's NLU data: the paper's 17 tasks, from their original files to length-bucket
         batch = collate(tokens, idx)               # input_ids, attention_mask, labels (-100 on padding)
 
 Layout: tasks.py (registry), readers.py (original files), cache.py (canonical JSONL), splits.py (split rules,
-few-shot), batches.py (tokenisation cache, batches), download.py (original distributions).
+few-shot), batches.py (tokenisation cache, batches), download.py (original distributions),
+instruct.py (the paper's instruct format: an example as chat tokens, for decoder-only models).
 """
 from collections import Counter
-
-from . import instruct
 
 from .batches import (MAX_SOURCE, cached_tokens, collate, collate_causal, collate_prefixes, concat, epoch_batches,
                       lengths, padding_stats, select, tokenize)

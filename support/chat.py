@@ -68,17 +68,18 @@ def chat_format(config):
         template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
                         None)
     template = template if isinstance(template, str) else ""
-    for fmt, row in FORMATS.items():
-        if all(marker in template for marker in row.markers):
-            return fmt
-    raise ChatError(f"{name}: {'no chat_template' if not template else 'an unknown chat_template'}; tpv implements "
-                    f"the chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat only")
+    known = [fmt for fmt, row in FORMATS.items() if all(marker in template for marker in row.markers)]
+    if not known:
+        raise ChatError(f"{name}: {'no chat_template' if not template else 'an unknown chat_template'}; tpv "
+                        f"implements the chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat only")
+    return known[0]
 
 
 def format_row(fmt):
-    if fmt not in FORMATS:
-        raise ChatError(f"chat format {fmt!r} is not implemented; use {' or '.join(FORMATS)}")
-    return FORMATS[fmt]
+    try:
+        return FORMATS[fmt]
+    except KeyError:
+        raise ChatError(f"chat format {fmt!r} is not implemented; use {' or '.join(FORMATS)}") from None
 
 
 def render(fmt, user, answer=None):

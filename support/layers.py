@@ -23,6 +23,14 @@ class RMSNorm(nn.Module):
         return self.weight * x
 
 
+def rows_per_prompt(batch, prompts):
+    """A batch of B rows for each of R prompts (R, n, d) (None: no prompt, R = 1): every tensor of the batch repeated
+    R times, prompt-major (row r*B + b is example b with prompt r), and each row's prompt (R*B, n, d) or None."""
+    R, B = 1 if prompts is None else prompts.shape[0], next(iter(batch.values())).shape[0]
+    rows = {k: v.repeat(R, 1) for k, v in batch.items()}  # (R*B, ...)
+    return rows, None if prompts is None else prompts.repeat_interleave(B, dim=0)
+
+
 def additive_mask(allowed, dtype):
     """bool mask (True = may attend) -> 0 / most negative float, added to attention scores as HF does."""
     return (1.0 - allowed.to(dtype)) * torch.finfo(dtype).min
