@@ -438,7 +438,7 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
         (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--dropout", "0.1"],
          "--dropout is for T5 models, and this is a Llama (Llama 3, DeepSeek-LLM) model; drop the flag"),  # a fresh --out: the module's runs may have trained rte already
         (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--precision", "fp16"],
-         "fp16 is not supported (T5 overflows in it): use bf16"),
+         "fp16 is not supported (T5 overflows in fp16): use bf16"),
     ]
     for args, message in cases:
         result = run_cli(*args)
