@@ -31,7 +31,8 @@
 #   --slurm          write the grid as Slurm array jobs to DIR/slurm (DIR: --out; see below); needs no Slurm here
 #   --partition P    --slurm: the partition, or a comma list of them (default: the cluster's default)
 #   --time T         --slurm: each array task's time limit: minutes, HH:MM:SS or D-HH:MM:SS (default: the
-#                    partition's)
+#                    partition's); each task gets SIGTERM 120 s before it (#SBATCH --signal=B:TERM@120), on
+#                    which tpv.py saves its checkpoint: run submit.sh again to resume
 #   --estimate       time a few packed training steps of --model here and print the device-hours of the
 #                    commands --plan prints (python bench.py estimate --plan -; no data needed, nothing downloaded;
 #                    --quick: of the tiny T5, which it writes first when it is not there)
