@@ -404,6 +404,8 @@ FOREIGN = [
      "holds Python objects besides tensors, which tpv does not unpickle"),
     ("an empty .bin", "import {tmp}/p.bin --task n", lambda o, t: write_bytes(f"{t}/p.bin", b""),
      "it is empty or ends early"),
+    ("a text file as .bin", "import {tmp}/p.bin --task n", lambda o, t: write_bytes(f"{t}/p.bin", b"hello"),
+     "its bytes are no pickle"),
     ("a truncated .bin", "import {tmp}/p.bin --task n",
      lambda o, t: (torch.save(torch.zeros(50, 32), f"{t}/p.bin"),
                    write_bytes(f"{t}/p.bin", open(f"{t}/p.bin", "rb").read()[:200])), "not a PyTorch file, or a damaged"),

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import struct
 import warnings
 from dataclasses import fields
 
@@ -341,13 +342,17 @@ def read_pickle(path):
         with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": several lines about torch, not the file
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "truncated" in str(e):
+            raise ValueError("it ends early (a truncated download or copy?)") from None
         raise ValueError("it holds Python objects besides tensors, which tpv does not unpickle (unpickling them "
                          "could run code); save a plain dict of tensors, or a safetensors file") from None
     except EOFError:
         raise ValueError("it is empty or ends early (a truncated download or copy?)") from None
     except RuntimeError as e:  # PytorchStreamReader: not a zip archive, or a damaged one
         raise ValueError(f"it is not a PyTorch file, or a damaged one ({str(e).split('.')[0]})") from None
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, struct.error):  # the unpickler on garbage
+        raise ValueError("it is not a PyTorch file, or a damaged one (its bytes are no pickle)") from None
     except OSError as e:
         raise ValueError(e.strerror or str(e)) from None
 
