@@ -401,7 +401,7 @@ FOREIGN = [
      "has no prompt_embeddings tensor (it holds other)"),
     ("a pickle holding objects", "import {tmp}/p.bin --task n",
      lambda o, t: torch.save({"prompt_embeddings": torch.zeros(50, 32), "x": NotATensor()}, f"{t}/p.bin"),
-     "holds Python objects besides tensors, which tpv does not unpickle"),
+     "holds a pickle tpv does not load: only tensors in plain dicts and lists are read"),
     ("an empty .bin", "import {tmp}/p.bin --task n", lambda o, t: write_bytes(f"{t}/p.bin", b""),
      "it is empty or ends early"),
     ("a text file as .bin", "import {tmp}/p.bin --task n", lambda o, t: write_bytes(f"{t}/p.bin", b"hello"),
@@ -423,7 +423,7 @@ def test_foreign_files_are_refused_in_tpvs_words(finished, tiny, tmp_path, capsy
 def test_convert_refuses_a_pickle_in_tpvs_words(tmp_path, capsys):
     torch.save({"w": torch.zeros(2), "x": NotATensor()}, tmp_path / "pytorch_model.bin")
     code, err = cli_outcome(["convert", str(tmp_path)], capsys)
-    one_line(code, err, "holds Python objects besides tensors")
+    one_line(code, err, "holds a pickle tpv does not load")
     assert "weights_only" not in err and os.listdir(tmp_path) == ["pytorch_model.bin"]
 
 

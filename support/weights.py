@@ -345,8 +345,9 @@ def read_pickle(path):
     except pickle.UnpicklingError as e:
         if "truncated" in str(e):
             raise ValueError("it ends early (a truncated download or copy?)") from None
-        raise ValueError("it holds Python objects besides tensors, which tpv does not unpickle (unpickling them "
-                         "could run code); save a plain dict of tensors, or a safetensors file") from None
+        raise ValueError("it holds a pickle tpv does not load: only tensors in plain dicts and lists are read "
+                         "(unpickling anything else could run code); save a plain dict of tensors, or a safetensors "
+                         "file") from None
     except EOFError:
         raise ValueError("it is empty or ends early (a truncated download or copy?)") from None
     except RuntimeError as e:  # PytorchStreamReader: not a zip archive, or a damaged one
