@@ -7,8 +7,9 @@ same file never loses or corrupts what is already there.
   writers never share one) in the same folder, then one rename puts it in place. A reader sees the old file or
   the new one, never half of one; a failed write removes its temporary file and leaves the old one as it was.
 - refuse_existing: a finished artefact is replaced only when the user said --force.
-- exclusive: a lock file created with O_EXCL, so that a second process writing the same run is refused with
-  one line instead of both finishing and one result silently replacing the other.
+- exclusive: a lock file created atomically, naming its writer (pid, start time, boot, host), so that a second
+  process writing the same run is refused with one line instead of both finishing and one result silently
+  replacing the other, and a lock left by a dead process (or a reused pid) is taken over.
 """
 import errno
 import json
