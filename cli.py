@@ -86,6 +86,24 @@ def lambda_value(text):
     return value
 
 
+def prompt_length(text):
+    """At most what an origin holds (5,000 token ids), whatever --init: the paper's prompts are 50 and 100 vectors,
+    and a bound that depended on the init would accept a length for one init and refuse it for another."""
+    value = at_least(1)(text)
+    if value > prompts.ORIGIN_IDS:
+        raise argparse.ArgumentTypeError(f"must be at most {prompts.ORIGIN_IDS:,} (more than an origin holds; the "
+                                         f"paper uses 50, decoder-only models 100), got {text}")
+    return value
+
+
+def init_spec(text):
+    """--init: text: must hold a text (an empty one would repeat the tokenizer's end-of-text embedding)."""
+    if text.startswith("text:") and not text[5:].strip():
+        raise argparse.ArgumentTypeError("text: holds no text; give the words to start from, e.g. "
+                                         "--init 'text:Is this review positive or negative?'")
+    return text
+
+
 def origin_list(text):
     try:
         return runs.parse_origins(text)
@@ -109,7 +127,7 @@ def run_options():
                    help=f"a model folder or a hub name (default: {TrainConfig.model})")
     p.add_argument("--origin", type=int, choices=range(prompts.N_ORIGINS), metavar="0..9",
                    help=f"which of the paper's 10 origins (default {TrainConfig.origin})")
-    p.add_argument("--prompt-len", type=at_least(1),
+    p.add_argument("--prompt-len", type=prompt_length,
                    help=f"soft prompt vectors (default {TrainConfig.prompt_len}; decoder-only models 100)")
     p.add_argument("--precision", type=precision, default=TrainConfig.precision, metavar="{auto,fp32,bf16}",
                    help="auto: bf16 on CUDA (bf16 weights), fp32 on the CPU")
@@ -127,7 +145,7 @@ def add_main_commands(sub, common, run):
     p = sub.add_parser("train", parents=[common, run], help="tune a soft prompt on a task (a comma list: multi-task)")
     p.add_argument("task", help="a task, or a comma list for the multi-task SPoT baseline: mnli,qnli")
     p.add_argument("--origins", type=origin_list, help="train one prompt per origin, packed: 0-9 or a comma list")
-    p.add_argument("--init", action="append", help="origin (default), random, vocab, text:\"...\", a prompt file, or "
+    p.add_argument("--init", action="append", type=init_spec, help="origin (default), random, vocab, text:\"...\", a prompt file, or "
                    "task[+task...]: the origin plus those tasks' vectors; repeat it for several runs, packed")
     p.add_argument("--pack", type=at_least(1), help="at most N runs share a step (default: as many as the memory "
                    "budget allows, README)")

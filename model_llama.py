@@ -46,7 +46,10 @@ ROPE_TYPES = {"default": (), "llama3": ("factor", "low_freq_factor", "high_freq_
 
 @dataclass
 class LlamaConfig:
-    """Checked like T5Config: a wrong value in config.json fails here, naming the key."""
+    """Checked like T5Config: a wrong value in config.json fails here, naming the key, and the REQUIRED keys (the
+    weights' shapes depend on them) must be there; num_key_value_heads and head_dim are derived when absent, as
+    Hugging Face derives them."""
+    REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008

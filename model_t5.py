@@ -43,7 +43,11 @@ RULES = {**dict.fromkeys(["vocab_size", "d_model", "d_kv", "d_ff", "num_layers",
 @dataclass
 class T5Config:
     """Every field is checked against its type and its rule in RULES, so that a config.json with a wrong value fails
-    here, naming the key, and not later inside torch (or silently: "false" is a true string)."""
+    here, naming the key, and not later inside torch (or silently: "false" is a true string). A config.json must
+    hold the REQUIRED keys (read_config): the weights' shapes depend on them. The defaults serve Python callers
+    (tiny_model) and the keys old configs lack (feed_forward_proj: T5 v1.0's relu; num_decoder_layers: as many as
+    num_layers, as Hugging Face derives them)."""
+    REQUIRED = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets")
     vocab_size: int = 32128
     d_model: int = 512
     d_kv: int = 64

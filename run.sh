@@ -31,7 +31,8 @@
 #   --slurm          write the grid as Slurm array jobs to DIR/slurm (DIR: --out; see below); needs no Slurm here
 #   --partition P    --slurm: the partition, or a comma list of them (default: the cluster's default)
 #   --time T         --slurm: each array task's time limit: minutes, HH:MM:SS or D-HH:MM:SS (default: the
-#                    partition's)
+#                    partition's); each task gets SIGTERM 120 s before it (#SBATCH --signal=B:TERM@120), on
+#                    which tpv.py saves its checkpoint: run submit.sh again to resume
 #   --estimate       time a few packed training steps of --model here and print the device-hours of the
 #                    commands --plan prints (python bench.py estimate --plan -; no data needed, nothing downloaded;
 #                    --quick: of the tiny T5, which it writes first when it is not there)
@@ -136,6 +137,12 @@ fi
 # task names become file names and parts of run names (a,b is multi-task, a+b a sum): letters, digits and _
 [[ $SOURCES =~ ^[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*$ ]] ||
   die 2 "--tasks must be a comma list of task names (letters, digits, _), got '$SOURCES'"
+# tpv.py's tasks (data/tasks.py; test_hostile_inputs.py checks that the lists agree): a task tpv does not know is
+# refused here, before the first command, not by each of the grid's commands
+KNOWN_TASKS=" mnli qnli sst2 yelp_polarity dbpedia trec scitail snli ag_news yahoo imdb sst5 qqp mrpc rte cola stsb "
+for task in ${SOURCES//,/ }; do
+  [[ $KNOWN_TASKS == *" $task "* ]] || die 2 "--tasks: unknown task '$task'; known tasks:${KNOWN_TASKS% }"
+done
 [[ $SHOTS =~ ^(0|[1-9][0-9]*)(,(0|[1-9][0-9]*))*$ ]] ||
   die 2 "--shots must be a comma list of integers >= 0, got '$SHOTS'"
 # the Slurm values go into #SBATCH lines as they are: nothing there may need quoting
@@ -145,6 +152,20 @@ fi
   die 2 "--partition must be a partition name or a comma list of them (letters, digits, _ . -), got '$PARTITION'"
 [[ -z $TIME || $TIME =~ ^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$ ]] ||
   die 2 "--time must be a Slurm time limit: minutes, HH:MM:SS or D-HH:MM:SS, got '$TIME'"
+if [[ $TIME == *:* ]]; then  # minutes and seconds below 60; hours below 24 after days (Slurm's own forms)
+  IFS=: read -r -a parts <<< "${TIME#*-}"
+  for part in "${parts[@]:1}"; do
+    [ "$((10#$part))" -lt 60 ] || die 2 "--time: $part is not a number of minutes or seconds (00-59), in '$TIME'"
+  done
+fi
+if [[ $TIME == *-* ]]; then  # D-HH, D-HH:MM, D-HH:MM:SS: hours come first after the days
+  hours=${TIME#*-}; hours=${hours%%:*}
+  [[ ${#hours} -le 2 && $((10#$hours)) -lt 24 ]] || die 2 "--time: $hours is not a number of hours (0-23) after the days, in '$TIME'"
+fi
+for pair in "--out:$OUT" "--results:$RESULTS" "--data-dir:$DATA_DIR"; do  # folders tpv.py writes into
+  folder=${pair#*:}
+  [ ! -e "$folder" ] || [ -d "$folder" ] || die 2 "${pair%%:*}: $folder is a file, not a folder; choose another path"
+done
 no_duplicates() {  # no_duplicates OPTION ITEM...: a run listed twice would be trained twice, at once with --jobs > 1
   local option=$1 duplicates; shift
   duplicates=$(printf '%s\n' "$@" | sort | uniq -d)
@@ -324,7 +345,10 @@ if [ "$MODE" = --slurm ]; then
   SLURM=$OUT/slurm
   [[ $SLURM == /* ]] || SLURM=$HERE/$SLURM  # the scripts run elsewhere (Slurm copies a job's script)
   mkdir -p -- "$SLURM"
-  headers=(--gres=gpu:1)
+  # --signal: SIGTERM 120 s before the time limit, so that tpv saves its checkpoint and releases its locks (it
+  # handles SIGTERM as Ctrl-C). B: signals the batch shell, which is tpv itself (STAGE.sh and line.sh exec, and
+  # bash -c runs a single command in place); without B:, Slurm signals only srun job steps, and there are none.
+  headers=(--gres=gpu:1 --signal=B:TERM@120)
   [ -z "$PARTITION" ] || headers+=(--partition="$PARTITION")
   [ -z "$TIME" ] || headers+=(--time="$TIME")
   cat > "$SLURM/line.sh" <<EOF

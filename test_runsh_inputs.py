@@ -395,7 +395,7 @@ def test_slurm_writes_one_array_job_per_stage_chained_with_afterok(sandbox):
         count = sum(s == stage for s, _ in lines)
         headers = re.findall(r"^#SBATCH (.*)$", script, re.M)
         assert headers == [f"--job-name=tpv-{stage}", f"--array=0-{count - 1}", "--gres=gpu:1",
-                           "--partition=gpu,gpu-long", "--time=1-12:00:00"], stage
+                           "--signal=B:TERM@120", "--partition=gpu,gpu-long", "--time=1-12:00:00"], stage
     # submit.sh: the model and data stages here, then sbatch per stage after the stages it needs
     env = slurm_env(sandbox)
     process = subprocess.run(["bash", f"{folder}/submit.sh"], cwd=sandbox / "caller dir", env=env,

@@ -6,7 +6,6 @@ init it started from; an imported prompt therefore gets origin_<--origin> as its
 its init.
 """
 import os
-import pickle
 
 import torch
 from safetensors import SafetensorError
@@ -14,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import families
 import prompts
-from support import files
+from support import files, weights
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
@@ -33,8 +32,29 @@ def read_adapter(folder):
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise prompts.PromptError(f"{os.path.join(folder, ADAPTER_CONFIG)}: num_virtual_tokens must be a positive "
                                   f"integer, got {n!r}")
-    tensor = load_file(os.path.join(folder, ADAPTER_WEIGHTS))["prompt_embeddings"]
+    path = os.path.join(folder, ADAPTER_WEIGHTS)
+    tensors = load_file(path)
+    if "prompt_embeddings" not in tensors:
+        raise prompts.PromptError(f"{path}: has no prompt_embeddings tensor (it holds "
+                                  f"{', '.join(sorted(tensors)[:4]) or 'none'}); not a prompt-tuning adapter")
+    tensor = tensors["prompt_embeddings"]
+    check_adapter_shape(path, tensor, config, n)
     return tensor, n, FAMILIES.get(config.get("task_type"))
+
+
+def check_adapter_shape(path, tensor, config, n):
+    """PEFT loads prompt_embeddings into an embedding of num_virtual_tokens x num_transformer_submodules rows of
+    token_dim (PEFT's default submodules: 2 for SEQ_2_SEQ_LM, 1 otherwise) and refuses any other shape; so does
+    tpv, rather than keep some rows of a file that says something else."""
+    subs = config.get("num_transformer_submodules") or (2 if config.get("task_type") == "SEQ_2_SEQ_LM" else 1)
+    dim = config.get("token_dim")
+    if not isinstance(subs, int) or isinstance(subs, bool) or subs < 1:
+        raise prompts.PromptError(f"{path}: num_transformer_submodules must be a positive integer, got {subs!r}")
+    if tensor.dim() != 2 or tensor.shape[0] != n * subs or (isinstance(dim, int) and tensor.shape[1] != dim):
+        expected = f"({n * subs}, {dim if isinstance(dim, int) else 'd'})"
+        raise prompts.PromptError(f"{path}: prompt_embeddings has shape {tuple(tensor.shape)}, but its "
+                                  f"{ADAPTER_CONFIG} implies {expected} (num_virtual_tokens {n} x "
+                                  f"num_transformer_submodules {subs}); PEFT refuses it too: export the adapter again")
 
 
 def read_foreign_prompt(source, n):
@@ -48,11 +68,13 @@ def read_foreign_prompt(source, n):
             tensor, n, family = read_adapter(source if os.path.isdir(source) else os.path.dirname(source) or ".")
             meta = {"family": family} if family else {}
         else:
-            loaded = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
+            loaded = weights.read_pickle(source)
             tensor = loaded.get("prompt_embeddings") if isinstance(loaded, dict) else loaded
-    except (OSError, KeyError, ValueError, SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        raise prompts.PromptError(f"{source}: not an official prompt file or PEFT prompt-tuning adapter "
-                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    except prompts.PromptError:
+        raise  # read_adapter's own line, naming the file and what is wrong
+    except (OSError, ValueError, SafetensorError) as e:
+        raise prompts.PromptError(f"{source}: not an official prompt file or PEFT prompt-tuning adapter: "
+                                  f"{foreign_reason(e)}") from None
     if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or not tensor.is_floating_point():
         raise prompts.PromptError(f"{source}: expected a float (rows, d) tensor of prompt embeddings")
     if tensor.shape[0] < n:
@@ -61,6 +83,14 @@ def read_foreign_prompt(source, n):
     if not torch.isfinite(tensor[:n]).all():
         raise prompts.PromptError(f"{source}: the prompt holds NaN or infinite values")
     return tensor[:n].detach().float(), meta
+
+
+def foreign_reason(e):
+    """Why a foreign file could not be read, in one line: the OS's words with the file they are about, or the
+    reader's first line."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def write_adapter(folder, prompt, model_name, family, force):

@@ -40,13 +40,38 @@ def read_state(path):
     """A checkpoint's JSON state, from its header alone; an unreadable file is one line naming it."""
     try:
         with safe_open(path, "pt") as f:
-            state = json.loads((f.metadata() or {})["state"])
-        if not isinstance(state, dict) or not isinstance(state.get("runs", []), list):
-            raise ValueError("its state is not a tpv checkpoint's")
-        return state
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise ResumeError(f"{path}: not a readable tpv checkpoint ({type(e).__name__}: {e}); delete it to start "
-                          f"its runs over") from None
+            return checked_state(json.loads((f.metadata() or {}).get("state", "null")))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise unreadable(path, e) from None
+
+
+# what every checkpoint's state holds (a checkpoint of the layout before packs lacks "runs" and "pack")
+STATE_KEYS = {"args": dict, "step": int, "epoch": int, "next_batch": int, "history": list, "param_groups": list,
+              "best_loss": (list, float, int), "best_step": (list, int)}  # a number: one run, before packs
+
+
+def checked_state(state):
+    """The state of a checkpoint's header, or a ValueError naming what is missing."""
+    if not isinstance(state, dict):
+        raise ValueError("it holds no tpv training state")
+    wrong = [k for k, kind in STATE_KEYS.items() if not isinstance(state.get(k), kind)]
+    if wrong or not isinstance(state.get("runs", []), list):
+        raise ValueError(f"its state lacks {(wrong or ['runs'])[0]}")
+    return state
+
+
+def unreadable(path, e):
+    """The one line for a checkpoint tpv cannot read: what is wrong with it, and the way to start over that the
+    next command accepts whatever the pack (deleting it; --force is refused for a pack holding other runs)."""
+    if os.path.isdir(path):
+        what, remove = "a folder, not a checkpoint file", "remove that folder"
+    else:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        what = ("an empty file" if size == 0 else
+                f"{size:,} bytes, cut short or damaged: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        remove = "delete it"
+    return ResumeError(f"{path}: not a readable tpv checkpoint ({what}); its progress is lost: {remove}, then run "
+                       f"the same command again to start its runs over")
 
 
 def pack_checkpoints(model_folder):
@@ -137,10 +162,11 @@ def load_checkpoint(path):
     """-> (tensors, state); a truncated or foreign file is one clear line."""
     try:
         with safe_open(path, "pt") as f:
-            tensors, state = {k: f.get_tensor(k) for k in f.keys()}, json.loads((f.metadata() or {})["state"])
-        if not {"prompt", "best_prompt", "rng_cpu"} <= set(tensors):
-            raise KeyError("tensors")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            state = checked_state(json.loads((f.metadata() or {}).get("state", "null")))
+        missing = sorted({"prompt", "init", "best_prompt", "rng_cpu"} - set(tensors))
+        if missing:
+            raise ValueError(f"it has no {missing[0]} tensor")
         return tensors, state
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
-        raise ResumeError(f"{path}: not a readable tpv checkpoint ({type(e).__name__}: {e}); start the run over "
-                          f"with --force (without --resume)") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise unreadable(path, e) from None

@@ -14,6 +14,8 @@ import json
 import math
 import os
 import pickle
+import struct
+import warnings
 from dataclasses import fields
 
 import torch
@@ -107,11 +109,18 @@ def model_type(path):
 
 
 def read_config(cls, path, model_types, family):
-    """A Hugging Face config.json -> cls; keys that do not shape the network (architectures, ...) are ignored."""
+    """A Hugging Face config.json -> cls; keys that do not shape the network (architectures, ...) are ignored. The
+    keys of cls.REQUIRED (those the weights' shapes depend on, which Hugging Face would fill with the numbers of one
+    model) must be there: a default would only turn up later as shape mismatches blaming something else."""
     raw = read_config_json(path)
     if raw.get("model_type", "t5") not in model_types:
         raise CheckpointError(f"{path}: model_type is {json_text(raw.get('model_type'))}, but this loader implements "
                               f"{family} only")
+    missing = [k for k in getattr(cls, "REQUIRED", ()) if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: has no {missing[0]}{f' (nor {listing(missing[1:])})' if missing[1:] else ''}, "
+                              f"which the weights' shapes depend on (tpv guesses no default for it); copy config.json "
+                              f"from the model's hub repo or run: python tpv.py download NAME")
     known = {f.name for f in fields(cls)}
     try:
         return cls(**{k: v for k, v in raw.items() if k in known})
@@ -325,6 +334,30 @@ def save_weights(model, folder, config):
         json.dump(config, f, indent=1)
 
 
+def read_pickle(path):
+    """A PyTorch pickle (.bin) read with weights_only=True, so that no code in it runs -> the object it holds, or a
+    ValueError saying in tpv's words why not. PyTorch's own text would point the wrong way ("re-run with
+    weights_only=False": exactly what tpv refuses to do), or say nothing (a bare EOFError)."""
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": several lines about torch, not the file
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    except pickle.UnpicklingError as e:
+        if "truncated" in str(e):
+            raise ValueError("it ends early (a truncated download or copy?)") from None
+        raise ValueError("it holds a pickle tpv does not load: only tensors in plain dicts and lists are read "
+                         "(unpickling anything else could run code); save a plain dict of tensors, or a safetensors "
+                         "file") from None
+    except EOFError:
+        raise ValueError("it is empty or ends early (a truncated download or copy?)") from None
+    except RuntimeError as e:  # PytorchStreamReader: not a zip archive, or a damaged one
+        raise ValueError(f"it is not a PyTorch file, or a damaged one ({str(e).split('.')[0]})") from None
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, struct.error):  # the unpickler on garbage
+        raise ValueError("it is not a PyTorch file, or a damaged one (its bytes are no pickle)") from None
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
+
+
 def convert_bin(folder, force=False):
     """pytorch_model.bin -> model.safetensors beside it, reading the pickle with weights_only=True (no code runs).
     Returns (path written, tensors kept, tied duplicates dropped)."""
@@ -333,9 +366,9 @@ def convert_bin(folder, force=False):
         raise CheckpointError(f"{source}: no such file (sharded .bin checkpoints are not supported)")
     files.refuse_existing(target, force, "model")
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)  # never runs pickled code
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"{source}: not a plain state dict of tensors ({str(e).splitlines()[0]})") from None
+        state = read_pickle(source)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: not a plain state dict of tensors: {e}") from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{source}: not a plain state dict of tensors")
     seen, tensors = set(), {}  # safetensors refuses tensors that share memory (tied embeddings): one per storage
