@@ -407,25 +407,35 @@ class Tokenizer(bpe.Tokenizer):
     """Byte-level BPE (bpe.py) and the model's chat format (chat.py), in which an example becomes chat text."""
 
     example_limit = instruct.MAX_LENGTH
+    chat_refusal = None  # why chat_format is None, when tokenizer_config.json names no format tpv writes
+
+    def chat(self):
+        """The chat format's name; a tokenizer without one (no tokenizer_config.json, an unknown chat_template)
+        encodes text, and is refused in one line only here, where an example would become chat text."""
+        if self.chat_format is None:
+            raise chat.ChatError(self.chat_refusal or f"{self.model_file}: no tokenizer_config.json with a chat "
+                                 f"template beside it; tpv writes the tasks in the model's chat format, so copy the "
+                                 f"model's tokenizer_config.json there")
+        return self.chat_format
 
     def encode_example(self, task, row, max_source=None):
         """A task's example -> (chat prefix ids, answer ids, whether it is longer than instruct.MAX_LENGTH: the
         batches cut it, by --loss). max_source is T5's: the chat text is cut as a whole."""
-        if self.chat_format is None:
-            raise data.DataError(f"{self.model_file}: no tokenizer_config.json with a chat template beside it; tpv "
-                                 f"writes the tasks in the model's chat format, so copy the model's "
-                                 f"tokenizer_config.json there")
-        ids, answer = instruct.example_ids(self, self.chat_format, task, row)
+        ids, answer = instruct.example_ids(self, self.chat(), task, row)
         return ids, answer, len(ids) + len(answer) > instruct.MAX_LENGTH
 
 
 def load_tokenizer(path):
     """A folder holding tokenizer.json (and tokenizer_config.json), or the tokenizer.json itself -> Tokenizer,
-    with the chat format its tokenizer_config.json's template names (chat.py; None without that file)."""
+    with the chat format its tokenizer_config.json's template names (chat.py; None without that file, or with a
+    template tpv does not know: encode and decode work all the same, encode_example refuses)."""
     tokenizer = bpe.load_tokenizer(path, Tokenizer)
     config = os.path.join(os.path.dirname(tokenizer.model_file), "tokenizer_config.json")
     if os.path.isfile(config):
-        tokenizer.chat_format = chat.chat_format(config)
+        try:
+            tokenizer.chat_format = chat.chat_format(config)
+        except chat.ChatError as e:
+            tokenizer.chat_refusal = str(e)
     return tokenizer
 
 
@@ -446,7 +456,7 @@ def recipe_defaults(task):
 
 def batch_maker(model, tokenizer, loss):
     """The chat text of each example, its labels by --loss (data/instruct.py)."""
-    tail = instruct.tail_length(tokenizer, tokenizer.chat_format)
+    tail = instruct.tail_length(tokenizer, tokenizer.chat())
     return lambda tokens, idx: data.collate_causal(tokens, idx, pad_id(model.config), loss, tail)
 
 
@@ -472,7 +482,7 @@ def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generat
     rows, prompt_rows = layers.rows_per_prompt(batch, prompts)  # (R*B, S) left-padded, prompt-major; (R*B, n, d)
     ids, mask = rows["input_ids"], rows["attention_mask"]
     if scoring == "rank":  # the answers as the chat writes them after the prefix, e.g. "not entailment<|eot_id|>"
-        candidates = [instruct.answer_ids(tokenizer, tokenizer.chat_format, w) for w in task.words]
+        candidates = [instruct.answer_ids(tokenizer, tokenizer.chat(), w) for w in task.words]
         scores = score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
         words = [(task.labels or task.words)[j] for j in scores.argmax(-1).tolist()]
     else:

@@ -498,6 +498,49 @@ DEEPSEEK_TEMPLATE = (
     "{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
     "{{ 'Assistant:' }}{% endif %}")
 
+# HuggingFaceTB/SmolLM2-135M-Instruct tokenizer_config.json chat_template, verbatim (the decoded JSON string: its
+# newlines are real newlines, inside jinja string literals); the 360M and 1.7B models have the same one, and the
+# GGUF file that ../shared/tools/smollm2.sh converts carries it too (test_real_model.py compares)
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+# Qwen/Qwen2.5-7B-Instruct tokenizer_config.json chat_template (the other Qwen2.5-Instruct sizes share it),
+# verbatim as quoted by minja's template tests (two independent copies of it agree; the hub's file itself could not
+# be fetched here)
+QWEN25_TEMPLATE = (
+    "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}\n        "
+    "{{- messages[0]['content'] }}\n    {%- else %}\n        {{- 'You are Qwen, created by Alibaba Cloud. You are a "
+    "helpful assistant.' }}\n    {%- endif %}\n    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to "
+    "assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:"
+    "\\n<tools>\" }}\n    {%- for tool in tools %}\n        {{- \"\\n\" }}\n        {{- tool | tojson }}\n    "
+    "{%- endfor %}\n    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name "
+    "and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, "
+    "\\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n{%- else %}\n    {%- if "
+    "messages[0]['role'] == 'system' %}\n        {{- '<|im_start|>system\\n' + messages[0]['content'] + "
+    "'<|im_end|>\\n' }}\n    {%- else %}\n        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba "
+    "Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n{%- for message in "
+    "messages %}\n    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or "
+    "(message.role == \"assistant\" and not message.tool_calls) %}\n        {{- '<|im_start|>' + message.role + "
+    "'\\n' + message.content + '<|im_end|>' + '\\n' }}\n    {%- elif message.role == \"assistant\" %}\n        "
+    "{{- '<|im_start|>' + message.role }}\n        {%- if message.content %}\n            {{- '\\n' + "
+    "message.content }}\n        {%- endif %}\n        {%- for tool_call in message.tool_calls %}\n            "
+    "{%- if tool_call.function is defined %}\n                {%- set tool_call = tool_call.function %}\n            "
+    "{%- endif %}\n            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n            {{- tool_call.name }}\n"
+    "            {{- '\", \"arguments\": ' }}\n            {{- tool_call.arguments | tojson }}\n            "
+    "{{- '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n    {%- elif message.role "
+    "== \"tool\" %}\n        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n        {{- '\\n</tool_response>' }}\n        {%- if loop.last or "
+    "(messages[loop.index0 + 1].role != \"tool\") %}\n            {{- '<|im_end|>\\n' }}\n        {%- endif %}\n"
+    "    {%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n")
+
+TEMPLATES = {"llama3": LLAMA31_TEMPLATE, "deepseek": DEEPSEEK_TEMPLATE, "smollm2": SMOLLM2_TEMPLATE,
+             "qwen2.5": QWEN25_TEMPLATE}  # every row of chat.FORMATS, by its model's own template
+
 CHAT_TEXTS = [("Is this review positive?", "yes"), ("  padded question \n", "\n answer with spaces  "),
               ("multi\nline\n\nquestion:", "line one\nline two"), ("Ünïcödé 日本語 😀 ’quotes’", "ça va — 好"),
               ("\x1c odd \x1c", "\u3000full width\u3000"), ("", "")]
@@ -506,8 +549,8 @@ CHAT_TEXTS = [("Is this review positive?", "yes"), ("  padded question \n", "\n 
 @pytest.fixture(scope="module")
 def hf_chat(tmp_path_factory, deepseek):
     """fmt -> a transformers tokenizer carrying that model's chat template: the Llama 3 vocabulary (a tiny one
-    without ../shared: apply_chat_template(tokenize=False) only needs the template and bos/eos) and the DeepSeek
-    BPE trained above."""
+    without ../shared: apply_chat_template(tokenize=False) only needs the template and bos/eos), the DeepSeek BPE
+    trained above, and the tiny one for the ChatML templates (which write no bos or eos token)."""
     transformers = pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("chat")
     (folder / "tokenizer.json").write_text(json.dumps(tiny_spec()))
@@ -515,12 +558,19 @@ def hf_chat(tmp_path_factory, deepseek):
     toks = {"llama3": transformers.PreTrainedTokenizerFast(tokenizer_file=file, bos_token="<|begin_of_text|>",
                                                            eos_token="<|eot_id|>"),
             "deepseek": transformers.PreTrainedTokenizerFast(tokenizer_file=str(deepseek[2] / "tokenizer.json"),
-                                                             bos_token=chat.DEEPSEEK_BOS, eos_token=chat.DEEPSEEK_EOS)}
-    toks["llama3"].chat_template, toks["deepseek"].chat_template = LLAMA31_TEMPLATE, DEEPSEEK_TEMPLATE
+                                                             bos_token=chat.DEEPSEEK_BOS, eos_token=chat.DEEPSEEK_EOS),
+            **{fmt: transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+               for fmt in ("smollm2", "qwen2.5")}}
+    for fmt, tok in toks.items():
+        tok.chat_template = TEMPLATES[fmt]
     return toks
 
 
-@pytest.mark.parametrize("fmt", ["llama3", "deepseek"])
+def test_every_format_has_its_models_template():
+    assert set(TEMPLATES) == set(chat.FORMATS)
+
+
+@pytest.mark.parametrize("fmt", list(TEMPLATES))
 def test_render_equals_apply_chat_template(hf_chat, fmt):
     for user, answer in CHAT_TEXTS:
         for given in (None, answer):
@@ -533,8 +583,9 @@ def test_render_equals_apply_chat_template(hf_chat, fmt):
 
 
 def test_chat_format_is_recognised_from_the_template(tmp_path):
-    assert chat.chat_format({"chat_template": LLAMA31_TEMPLATE}) == "llama3"
-    assert chat.chat_format({"chat_template": DEEPSEEK_TEMPLATE}) == "deepseek"
+    for fmt, template in TEMPLATES.items():  # each template is its own row's, and no other row's
+        assert [name for name, row in chat.FORMATS.items() if all(m in template for m in row.markers)] == [fmt]
+        assert chat.chat_format({"chat_template": template}) == fmt
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": DEEPSEEK_TEMPLATE}))
     assert chat.chat_format(str(tmp_path)) == "deepseek"
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
@@ -542,8 +593,33 @@ def test_chat_format_is_recognised_from_the_template(tmp_path):
         with pytest.raises(chat.ChatError) as e:
             chat.chat_format(config)
         assert os.path.basename(config) in str(e.value) and "\n" not in str(e.value)
-    assert "Llama-3.1-Instruct and DeepSeek-LLM-Chat" in str(pytest.raises(
-        chat.ChatError, chat.chat_format, {"chat_template": "x"}).value)
+    # another ChatML model (its own system message) is not taken for one of these
+    other_chatml = SMOLLM2_TEMPLATE.replace("named SmolLM, trained by Hugging Face", "named Other")
+    message = str(pytest.raises(chat.ChatError, chat.chat_format, {"chat_template": other_chatml}).value)
+    assert "an unknown chat_template" in message and "\n" not in message
+    assert "Llama-3.1-Instruct, DeepSeek-LLM-Chat, SmolLM2-Instruct and Qwen2.5-Instruct" in message
+
+
+def test_an_unknown_template_encodes_text_and_refuses_examples(tmp_path):
+    """Any tokenizer.json encodes, whatever its chat template; only an example that must become chat text is
+    refused, in one line that lists the formats tpv writes."""
+    import model_llama
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tiny_spec()))
+    row = {"sentence": "good", "label": 1}
+    for config, refusal in [({"chat_template": "{{ messages }}"}, "an unknown chat_template"),
+                            ({}, "no chat_template"), (None, "no tokenizer_config.json")]:
+        if config is not None:
+            (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+        elif (tmp_path / "tokenizer_config.json").exists():
+            (tmp_path / "tokenizer_config.json").unlink()
+        tokenizer = model_llama.load_tokenizer(str(tmp_path))
+        assert tokenizer.chat_format is None and tokenizer.encode("ab") == bpe.Tokenizer(
+            str(tmp_path / "tokenizer.json")).encode("ab")
+        with pytest.raises(chat.ChatError) as e:
+            tokenizer.encode_example(data.get_task("sst2"), row)
+        assert refusal in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": SMOLLM2_TEMPLATE}))
+    assert model_llama.load_tokenizer(str(tmp_path)).chat_format == "smollm2"
 
 
 @needs_shared

@@ -428,6 +428,8 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
     gqa = model_copy(tiny_llama, tmp_path, "gqa", config={"num_key_value_heads": 3})
     yarn = model_copy(tiny_llama, tmp_path, "yarn", config={"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
     unigram = model_copy(tiny_llama, tmp_path, "unigram", tokenizer={"model": {"type": "Unigram", "vocab": []}})
+    unknown_chat = model_copy(tiny_llama, tmp_path, "unknown_chat")
+    (tmp_path / "unknown_chat" / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     cases = [
         (["eval", "rte", *where(tiny_llama), "--prompt", t5_prompt], "prompts do not carry over between model families"),
         (["info", "--model", gpt2], "model_type \"gpt2\" is a model family tpv does not implement"),
@@ -437,6 +439,8 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
         (["train", "rte", *where(tiny_llama)[2:], "--model", str(tmp_path / "none")], "no such model folder"),
         (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--dropout", "0.1"],
          "--dropout is for T5 models, and this is a Llama (Llama 3, DeepSeek-LLM) model; drop the flag"),  # a fresh --out: the module's runs may have trained rte already
+        (["train", "rte", *where(tiny_llama)[2:], "--model", unknown_chat], "an unknown chat_template; tpv writes "
+         "tasks in the chat formats of Llama-3.1-Instruct, DeepSeek-LLM-Chat, SmolLM2-Instruct and Qwen2.5-Instruct"),
         (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--precision", "fp16"],
          "fp16 is not supported (T5 overflows in fp16): use bf16"),
     ]

@@ -1,6 +1,6 @@
 """
-The chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat, written out by hand (no jinja2 at run time): one row
-of FORMATS each.
+The chat formats of Llama-3.1-Instruct, DeepSeek-LLM-Chat and two ChatML models (SmolLM2-Instruct, Qwen2.5-Instruct),
+written out by hand (no jinja2 at run time): one row of FORMATS each.
 
 `render` gives the text that transformers' `apply_chat_template(messages, tokenize=False,
 add_generation_prompt=answer is None)` renders with each model's own chat_template from tokenizer_config.json, for
@@ -16,6 +16,10 @@ Templates (the test pastes them verbatim and compares with transformers):
   and "Today Date: 26 Jul 2024" when no date_string is passed; every message's content goes through `| trim`.
 - deepseek-ai/deepseek-llm-7b-chat: "{{ bos_token }}", then 'User: ' + content + '\\n\\n', 'Assistant: ' +
   content + eos_token, and 'Assistant:' (no space) as the generation prompt; no trimming.
+- ChatML (HuggingFaceTB/SmolLM2-135M-Instruct, and its 360M and 1.7B siblings; Qwen/Qwen2.5-*-Instruct): each
+  message as '<|im_start|>' + role + '\\n' + content + '<|im_end|>' + '\\n', a default system message when the
+  chat has none (the model's own), '<|im_start|>assistant\\n' as the generation prompt; no bos, no trimming. The
+  rows differ only in the system message, which is also what tells them apart.
 """
 import json
 import os
@@ -33,21 +37,33 @@ class ChatError(ValueError):
 
 class ChatFormat(NamedTuple):
     """One chat template, written out for one user turn and an optional answer."""
+    model: str  # the model whose template it is, as messages name it
     markers: tuple  # texts a chat_template holds when it is this format
     prompt: str  # the text up to the generation prompt, with {user} where the user's message goes
     answer: str  # what the assistant's turn adds after the generation prompt, with {answer}
     trim: bool  # the template passes each message through jinja's `| trim` (Python's str.strip)
 
 
-FORMATS = {  # name -> format; recognised from tokenizer_config.json's chat_template by its markers
+def chatml(model, system):
+    """A ChatML row: one user turn after the model's default system message."""
+    return ChatFormat(model=model, markers=("<|im_start|>", system, "<|im_end|>"),
+                      prompt=f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{{user}}<|im_end|>\n"
+                             "<|im_start|>assistant\n",
+                      answer="{answer}<|im_end|>\n", trim=False)
+
+
+FORMATS = {  # name -> format; recognised from tokenizer_config.json's chat_template by its markers (all of them)
     "llama3": ChatFormat(
-        markers=("<|start_header_id|>", "Cutting Knowledge Date"),
+        model="Llama-3.1-Instruct", markers=("<|start_header_id|>", "Cutting Knowledge Date"),
         prompt=LLAMA3_BOS + LLAMA3_SYSTEM + "<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
                "<|start_header_id|>assistant<|end_header_id|>\n\n",
         answer="{answer}<|eot_id|>", trim=True),
     "deepseek": ChatFormat(
+        model="DeepSeek-LLM-Chat",
         markers=("'User: ' + message['content']", "'Assistant: ' + message['content'] + eos_token"),
         prompt=DEEPSEEK_BOS + "User: {user}\n\nAssistant:", answer=" {answer}" + DEEPSEEK_EOS, trim=False),
+    "smollm2": chatml("SmolLM2-Instruct", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+    "qwen2.5": chatml("Qwen2.5-Instruct", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
 }
 
 
@@ -69,17 +85,24 @@ def chat_format(config):
                         None)
     template = template if isinstance(template, str) else ""
     known = [fmt for fmt, row in FORMATS.items() if all(marker in template for marker in row.markers)]
-    if not known:
+    if len(known) != 1:  # two rows' markers in one template would be a table to fix, not a guess to make
         raise ChatError(f"{name}: {'no chat_template' if not template else 'an unknown chat_template'}; tpv "
-                        f"implements the chat formats of Llama-3.1-Instruct and DeepSeek-LLM-Chat only")
+                        f"writes tasks in the chat formats of {known_models()} only: use one of those models, or "
+                        f"add the template as a row of support/chat.py FORMATS")
     return known[0]
+
+
+def known_models():
+    """The models whose chat formats tpv writes, for messages: "A, B, C and D"."""
+    models = [row.model for row in FORMATS.values()]
+    return ", ".join(models[:-1]) + " and " + models[-1]
 
 
 def format_row(fmt):
     try:
         return FORMATS[fmt]
     except KeyError:
-        raise ChatError(f"chat format {fmt!r} is not implemented; use {' or '.join(FORMATS)}") from None
+        raise ChatError(f"chat format {fmt!r} is not implemented; use one of {', '.join(FORMATS)}") from None
 
 
 def render(fmt, user, answer=None):
