@@ -28,14 +28,17 @@ class Parser(argparse.ArgumentParser):
         fail(f"{message} (see: python {self.prog.replace('tpv', 'tpv.py', 1)} --help)")
 
 
-def at_least(low, convert=int):
-    """An argparse type: a finite number >= low, so that --batch-size 0 or --lr nan is a one-line error."""
+def at_least(low, convert=int, most=None, why=""):
+    """An argparse type: a finite number >= low (and <= most, for the reason `why`), so that --batch-size 0 or --lr
+    nan is a one-line error."""
     def parse(text):
         value = convert(text)  # a ValueError here becomes argparse's "invalid int value: 'x'"
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:,} ({why}), got {text}")
         return value
     parse.__name__ = convert.__name__  # argparse names the type in its message
     return parse
@@ -56,11 +59,8 @@ def dropout_rate(text):
     return value
 
 
-def learning_rate(text):
-    value = at_least(0, float)(text)
-    if value > 10:  # the paper's 0.3 is already large for prompt tuning; beyond this every run diverges
-        raise argparse.ArgumentTypeError(f"must be at most 10 (the paper uses 0.3), got {text}")
-    return value
+# the paper's 0.3 is already large for prompt tuning; beyond 10 every run diverges
+learning_rate = at_least(0, float, most=10, why="the paper uses 0.3")
 
 
 def precision(text):
@@ -86,14 +86,10 @@ def lambda_value(text):
     return value
 
 
-def prompt_length(text):
-    """At most what an origin holds (5,000 token ids), whatever --init: the paper's prompts are 50 and 100 vectors,
-    and a bound that depended on the init would accept a length for one init and refuse it for another."""
-    value = at_least(1)(text)
-    if value > prompts.ORIGIN_IDS:
-        raise argparse.ArgumentTypeError(f"must be at most {prompts.ORIGIN_IDS:,} (more than an origin holds; the "
-                                         f"paper uses 50, decoder-only models 100), got {text}")
-    return value
+# at most what an origin holds (5,000 token ids), whatever --init: a bound that depended on the init would accept a
+# length for one init and refuse it for another
+prompt_length = at_least(1, most=prompts.ORIGIN_IDS, why="more than an origin holds; the paper uses 50, decoder-only "
+                                                         "models 100")
 
 
 def init_spec(text):

@@ -22,9 +22,7 @@ stderr and exit status 2; nothing finished is replaced without --force.
 import dataclasses
 import json
 import os
-import signal
 import sys
-import threading
 import time
 
 import torch
@@ -39,7 +37,7 @@ import packs
 import prompts
 import runs
 import train
-from support import bpe, chat, devices, files, hub, interchange, layers, resume, weights
+from support import bpe, chat, devices, files, hub, interchange, interrupts, layers, resume, weights
 from train import TrainConfig
 
 USER_ERRORS = (weights.CheckpointError, bpe.TokenizerError, chat.ChatError, hub.DownloadError, data.DataError,
@@ -238,37 +236,11 @@ def cmd_convert(args):
 def cmd_tiny_model(args):
     """A small random model in Hugging Face's format with a real vocabulary, for smoke runs (run.sh --quick): T5
     with a sentencepiece file (--spiece), or Llama with a tokenizer.json (--family llama --tokenizer)."""
-    check_model_folder(args.dir, args.force)
+    files.check_model_folder(args.dir, args.force)
     model, write = families.BY_NAME[args.family].tiny_model(args.spiece or args.tokenizer, args.seed)
     # a failed write leaves no half-written model for run.sh to trust
     files.atomic_write(os.path.normpath(args.dir), write, folder=True)
     print(f"wrote a random tiny {model.family} model to {args.dir}")
-
-
-# what tiny-model writes into its folder (either family): --force replaces a folder holding these and nothing else
-TINY_MODEL_FILES = {"config.json", "model.safetensors", "spiece.model", "tokenizer.json", "tokenizer_config.json"}
-
-
-def check_model_folder(path, force):
-    """tiny-model replaces a whole folder: only an empty one, or with --force one that holds a model and nothing
-    else. A file, a link or a folder holding anything else is never replaced."""
-    if not os.path.lexists(path):
-        return
-    if os.path.islink(path) or not os.path.isdir(path):
-        raise files.FileError(f"{path} is {'a link' if os.path.islink(path) else 'a file'}, not a model folder; "
-                              f"choose another path (tiny-model writes a folder there)")
-    try:
-        held = sorted(os.listdir(path))
-    except OSError as e:
-        raise files.FileError(f"cannot read the folder {path}: {files.write_cause(e)}") from None
-    others = [name for name in held if name not in TINY_MODEL_FILES]
-    if others:
-        raise files.FileError(f"{path} holds {others[0]}{f' and {len(others) - 1} more' if len(others) > 1 else ''},"
-                              f" which tiny-model does not write; choose another folder (even --force replaces only "
-                              f"a model folder)")
-    if held and not force:
-        raise files.FileError(f"{path} exists and is not empty (a model: {', '.join(held)}); pass --force to "
-                              f"replace it")
 
 
 # -----------------------------------------------------------------------------
@@ -307,44 +279,21 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "add": cmd_add, "cross-origin"
 def main(argv=None):
     args = cli.parse_args(argv, __doc__)  # cli.py: every option of every command
     terminated = []
-    previous = handle_sigterm(lambda number, frame: on_terminate(terminated))
+    previous = interrupts.handle_sigterm(lambda number, frame: interrupts.on_terminate(terminated))
     try:
         COMMANDS[args.command](args)
     except USER_ERRORS as e:
         if terminated:  # SIGTERM, handled as Ctrl-C (train saved its checkpoint): the signal's exit status
-            leave_terminated(str(e))
+            interrupts.leave_terminated(str(e))
         cli.fail(str(e))
     except KeyboardInterrupt:
         if terminated:
-            leave_terminated("nothing was left half-written; run the same command again (train: with --resume)")
+            interrupts.leave_terminated("nothing was left half-written; run the same command again (train: with "
+                                        "--resume)")
         print("tpv: interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
-        handle_sigterm(previous)
-
-
-def handle_sigterm(handler):
-    """Installs a SIGTERM handler; -> the one before it. Only the main thread may (tpv.main called from another
-    thread keeps the handler it has)."""
-    if threading.current_thread() is not threading.main_thread() or handler is None:
-        return None
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def on_terminate(terminated):
-    """SIGTERM (kill, systemd, Slurm at a job's time limit) as Ctrl-C: KeyboardInterrupt unwinds the command, so
-    train saves its checkpoint, the locks are released and the temporary files removed. A second SIGTERM while
-    that happens is ignored (Slurm's SIGKILL still ends everything)."""
-    if not terminated:
-        terminated.append(signal.SIGTERM)
-        raise KeyboardInterrupt
-
-
-def leave_terminated(message):
-    """One line, then exit status 143 (128 + SIGTERM), as a process the signal ended reports it."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print(f"tpv: terminated (SIGTERM): {message}", file=sys.stderr)
-    sys.exit(128 + signal.SIGTERM)
+        interrupts.handle_sigterm(previous)
 
 
 if __name__ == "__main__":

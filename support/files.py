@@ -259,3 +259,30 @@ def process_alive(pid):
     except OverflowError:  # a pid no system has
         return False
     return True
+
+
+# what tpv.py tiny-model writes into its folder (either family): --force replaces a folder holding these and
+# nothing else
+TINY_MODEL_FILES = {"config.json", "model.safetensors", "spiece.model", "tokenizer.json", "tokenizer_config.json"}
+
+
+def check_model_folder(path, force):
+    """tiny-model replaces a whole folder: only an empty one, or with --force one that holds a model and nothing
+    else. A file, a link or a folder holding anything else is never replaced."""
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise FileError(f"{path} is {'a link' if os.path.islink(path) else 'a file'}, not a model folder; "
+                              f"choose another path (tiny-model writes a folder there)")
+    try:
+        held = sorted(os.listdir(path))
+    except OSError as e:
+        raise FileError(f"cannot read the folder {path}: {write_cause(e)}") from None
+    others = [name for name in held if name not in TINY_MODEL_FILES]
+    if others:
+        raise FileError(f"{path} holds {others[0]}{f' and {len(others) - 1} more' if len(others) > 1 else ''},"
+                              f" which tiny-model does not write; choose another folder (even --force replaces only "
+                              f"a model folder)")
+    if held and not force:
+        raise FileError(f"{path} exists and is not empty (a model: {', '.join(held)}); pass --force to "
+                              f"replace it")

@@ -151,9 +151,8 @@ def check_same_run(path, saved, now):
     if then.get("precision") == "fp16":  # tpv no longer trains in fp16 (T5 overflows in it)
         raise ResumeError(f"{path} was written by a --precision fp16 run, which tpv no longer trains; start over "
                           f"with --force (without --resume), in bf16 or fp32")
-    changed = [k for k in now if k in then and then[k] != now[k]]
-    if changed:
-        k = changed[0]
+    k = next((k for k in now if k in then and then[k] != now[k]), None)
+    if k is not None:
         raise ResumeError(f"--resume with different arguments: {k} was {then[k]!r}, now {now[k]!r}; rerun with "
                           f"the original arguments, or drop --resume and pass --force to start over")
 
