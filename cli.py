@@ -141,8 +141,9 @@ def add_main_commands(sub, common, run):
     p = sub.add_parser("train", parents=[common, run], help="tune a soft prompt on a task (a comma list: multi-task)")
     p.add_argument("task", help="a task, or a comma list for the multi-task SPoT baseline: mnli,qnli")
     p.add_argument("--origins", type=origin_list, help="train one prompt per origin, packed: 0-9 or a comma list")
-    p.add_argument("--init", action="append", type=init_spec, help="origin (default), random, vocab, text:\"...\", a prompt file, or "
-                   "task[+task...]: the origin plus those tasks' vectors; repeat it for several runs, packed")
+    p.add_argument("--init", action="append", type=init_spec, help="origin (default), random, vocab, text:\"...\", "
+                   "a prompt file, or task[+task...]: the origin plus those tasks' vectors; repeat it for several runs, "
+                   "packed")
     p.add_argument("--pack", type=at_least(1), help="at most N runs share a step (default: as many as the memory "
                    "budget allows, README)")
     p.add_argument("--shots", type=at_least(0), help="few-shot: N stratified training examples (0: no training)")
