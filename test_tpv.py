@@ -1533,7 +1533,7 @@ def test_bf16_autocast_on_cpu_trains_an_fp32_prompt(tiny, tmp_path):
 import xml.etree.ElementTree as ET  # noqa: E402
 
 import experiments  # noqa: E402
-import plots  # noqa: E402
+from support import plots  # noqa: E402
 
 
 def make_vector(name, seed, origin=0.0, model="m", shape=(4, 3)):
