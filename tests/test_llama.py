@@ -1,5 +1,5 @@
 """
-Tests of the decoder-only family (model_llama.py). Run: python -m pytest -q test_llama.py
+Tests of the decoder-only family (model_llama.py). Run: python -m pytest -q tests/test_llama.py
 
 transformers' `LlamaForCausalLM` (a test-only dependency) is the numerical oracle: tiny random checkpoints of the
 three config families the paper and users meet are written with `save_pretrained` and compared with ours.
@@ -278,7 +278,7 @@ def test_tied_head_may_be_stored_twice_but_must_agree(llamas, tmp_path):
 # -----------------------------------------------------------------------------
 # the whole method through the command line, on a tiny random Llama with the real Llama 3 vocabulary
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above tests/
 SHARED = os.path.join(HERE, "..", "shared")
 LLAMA3 = os.path.join(SHARED, "assets", "llama3-tokenizer.json")
 
