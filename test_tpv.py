@@ -1185,6 +1185,7 @@ def interrupt_then_resume(tiny, out, sig, *extra):
     return process.returncode, stderr
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
     reference = run_cli(*train_args(tiny, tmp_path / "a", "--max-steps", "300"))
     assert reference.returncode == 0, reference.stderr
@@ -1199,6 +1200,7 @@ def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
     assert torch.equal(a, c)
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_resume_with_different_arguments_is_refused(tiny, tmp_path, monkeypatch):
     calls, real = [], train.packed_loss
     def interrupt_at_25(*a, **k):  # Ctrl-C during the 25th loss computation
@@ -1373,6 +1375,7 @@ def test_a_non_finite_run_stops_alone_and_the_others_finish(tiny, tmp_path, monk
     assert not os.path.exists(os.path.join(tmp_path, "model", "origin_1", "sst2.failed.json"))
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_sigkill_and_resume_of_a_pack_give_bit_identical_prompts(tiny, tmp_path):
     pack = ["--origins", "0,1", "--max-steps", "120", "--scoring", "rank"]
     reference = run_cli(*train_args(tiny, tmp_path / "a", *pack))
@@ -1397,6 +1400,7 @@ def test_packed_evaluation_equals_one_prompt_at_a_time(tiny, tmp_path, capsys):
     assert results[2] == results[0] + results[1]
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_two_processes_compute_what_one_computes(tiny, tmp_path):
     common = ["--max-steps", "12", "--eval-every", "6", "--dropout", "0"]
     one = run_cli(*train_args(tiny, tmp_path / "one", *common))
@@ -1455,6 +1459,7 @@ def test_generation_and_rank_scoring_agree_on_a_model_that_has_learnt_the_labels
     assert generated == [task.target(rows[i]) for i in idx]
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_train_and_eval_user_errors(tiny, tmp_path):
     base = ["--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(tmp_path)]
     cases = [(["train", "mnlx", *base], "unknown task 'mnlx'"),
@@ -1489,6 +1494,7 @@ def test_out_of_range_numbers_are_one_line_errors(flag, value, message, capsys):
     assert stop.value.code == 2 and f"argument {flag}: {message}" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_init_from_task_vectors_zero_shot_and_multi_task(tiny, tmp_path):
     quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
     for task in ("sst2", "rte", "sst2,rte"):
@@ -1515,6 +1521,7 @@ def test_init_from_task_vectors_zero_shot_and_multi_task(tiny, tmp_path):
     assert result.returncode == 2 and "was not trained from origin_0" in result.stderr
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_bf16_autocast_on_cpu_trains_an_fp32_prompt(tiny, tmp_path):
     result = run_cli(*train_args(tiny, tmp_path, "--precision", "bf16", "--max-steps", "6", "--eval-every", "3"))
     assert result.returncode == 0, result.stderr
@@ -1609,6 +1616,7 @@ def test_svg_plots_parse_and_name_every_label():
     assert {"random origin", "mnli+qnli", "scitail", "shots", "F1", "0", "100"} <= set(texts)
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_experiment_commands_end_to_end(tiny, tmp_path):
     base = ["--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(tmp_path)]
     quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]

@@ -339,6 +339,7 @@ def test_tiny_model_and_info(tiny_llama):
     assert tokenizer.chat_format == "llama3" and tokenizer.bos_id == 128000 and tokenizer.eos_id == 128009
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_train_eval_add_export_through_the_cli(tiny_llama, tmp_path):
     import prompts
     for task in ("rte", "cola"):  # --loss answer and the default full loss
@@ -419,6 +420,7 @@ def test_download_of_a_gated_llama(tiny_llama, tmp_path, monkeypatch):
     assert models.load(folder).family == "llama" and models.load_tokenizer(folder).chat_format == "llama3"
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
     import prompts
     t5_prompt = str(tmp_path / "t5.safetensors")
