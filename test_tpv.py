@@ -1191,6 +1191,7 @@ def interrupt_then_resume(tiny, out, sig, *extra, labels=("origin_0/sst2",)):
     return process.returncode, stderr
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
     reference = run_cli(*train_args(tiny, tmp_path / "a", "--max-steps", "300"))
     assert reference.returncode == 0, reference.stderr
@@ -1205,6 +1206,7 @@ def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
     assert torch.equal(a, c)
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_resume_with_different_arguments_is_refused(tiny, tmp_path, monkeypatch):
     calls, real = [], model_t5.run_losses
     def interrupt_at_25(*a, **k):  # Ctrl-C during the 25th loss computation
@@ -1414,6 +1416,7 @@ def test_a_non_finite_run_stops_alone_and_the_others_finish(tiny, tmp_path, monk
     assert not os.path.exists(os.path.join(tmp_path, "model", "origin_1", "sst2.failed.json"))
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_sigkill_and_resume_of_a_pack_give_bit_identical_prompts(tiny, tmp_path):
     pack = ["--origins", "0,1", "--max-steps", "120", "--scoring", "rank"]
     reference = run_cli(*train_args(tiny, tmp_path / "a", *pack))
@@ -1482,6 +1485,7 @@ def test_generation_and_rank_scoring_agree_on_a_model_that_has_learnt_the_labels
     assert generated == [task.target(rows[i]) for i in idx]
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_train_and_eval_user_errors(tiny, tmp_path):
     base = ["--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(tmp_path)]
     cases = [(["train", "mnlx", *base], "unknown task 'mnlx'"),
@@ -1516,6 +1520,7 @@ def test_out_of_range_numbers_are_one_line_errors(flag, value, message, capsys):
     assert stop.value.code == 2 and f"argument {flag}: {message}" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_init_from_task_vectors_zero_shot_and_multi_task(tiny, tmp_path):
     quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
     for task in ("sst2", "rte", "sst2,rte"):
@@ -1542,6 +1547,7 @@ def test_init_from_task_vectors_zero_shot_and_multi_task(tiny, tmp_path):
     assert result.returncode == 2 and "was not trained from origin_0" in result.stderr
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_bf16_autocast_on_cpu_trains_an_fp32_prompt(tiny, tmp_path):
     result = run_cli(*train_args(tiny, tmp_path, "--precision", "bf16", "--max-steps", "6", "--eval-every", "3"))
     assert result.returncode == 0, result.stderr
@@ -1637,6 +1643,7 @@ def test_svg_plots_parse_and_name_every_label():
     assert {"random origin", "mnli+qnli", "scitail", "shots", "F1", "0", "100"} <= set(texts)
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_experiment_commands_end_to_end(tiny, tmp_path):
     base = ["--model", str(tiny / "model"), "--data-dir", str(tiny / "data"), "--out", str(tmp_path)]
     quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]

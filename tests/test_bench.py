@@ -23,7 +23,7 @@ import model_llama
 import model_t5
 import train
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above tests/
 CPU = torch.device("cpu")
 
 

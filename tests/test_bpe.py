@@ -1,5 +1,5 @@
 """
-Tests for bpe.py (byte-level BPE from tokenizer.json) and chat.py. Run: python -m pytest -q test_bpe.py
+Tests for bpe.py (byte-level BPE from tokenizer.json) and chat.py. Run: python -m pytest -q tests/test_bpe.py
 
 Hugging Face `tokenizers` and `transformers` (test-only dependencies) are the oracles. The Llama 3 vocabulary and
 the dataset samples live in ../shared (the project's CI has it); tests that need it skip when it is absent.
@@ -18,7 +18,7 @@ from support import chat
 import data
 from data import instruct
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above tests/
 SHARED = os.path.join(HERE, "..", "shared")
 LLAMA3 = os.path.join(SHARED, "assets", "llama3-tokenizer.json")
 needs_shared = pytest.mark.skipif(not os.path.isfile(LLAMA3), reason="../shared (dataset samples, Llama 3 "

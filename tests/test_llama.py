@@ -1,5 +1,5 @@
 """
-Tests of the decoder-only family (model_llama.py). Run: python -m pytest -q test_llama.py
+Tests of the decoder-only family (model_llama.py). Run: python -m pytest -q tests/test_llama.py
 
 transformers' `LlamaForCausalLM` (a test-only dependency) is the numerical oracle: tiny random checkpoints of the
 three config families the paper and users meet are written with `save_pretrained` and compared with ours.
@@ -278,7 +278,7 @@ def test_tied_head_may_be_stored_twice_but_must_agree(llamas, tmp_path):
 # -----------------------------------------------------------------------------
 # the whole method through the command line, on a tiny random Llama with the real Llama 3 vocabulary
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above tests/
 SHARED = os.path.join(HERE, "..", "shared")
 LLAMA3 = os.path.join(SHARED, "assets", "llama3-tokenizer.json")
 
@@ -339,6 +339,7 @@ def test_tiny_model_and_info(tiny_llama):
     assert tokenizer.chat_format == "llama3" and tokenizer.bos_id == 128000 and tokenizer.eos_id == 128009
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_train_eval_add_export_through_the_cli(tiny_llama, tmp_path):
     import prompts
     for task in ("rte", "cola"):  # --loss answer and the default full loss
@@ -419,6 +420,7 @@ def test_download_of_a_gated_llama(tiny_llama, tmp_path, monkeypatch):
     assert families.load(folder).family == "llama" and families.load_tokenizer(folder).chat_format == "llama3"
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
     import prompts
     t5_prompt = str(tmp_path / "t5.safetensors")

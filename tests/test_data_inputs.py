@@ -4,7 +4,7 @@ cache, the data folder, the paper's split rule, an offline download) end with on
 naming the file (and line), what is wrong and how to fix it, and change no file; a damaged token cache is
 rebuilt instead. One table of (setup, expected outcome, files that must not change), run in-process.
 
-    python -m pytest -q test_data_inputs.py
+    python -m pytest -q tests/test_data_inputs.py
 """
 import functools
 import glob
@@ -22,7 +22,7 @@ from support import files
 from support import hub
 import model_t5
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above tests/
 SPIECE = os.path.join(HERE, "..", "shared", "assets", "t5-spiece.model")
 NEEDS_SPIECE = pytest.mark.skipif(not os.path.exists(SPIECE), reason="../shared/assets/t5-spiece.model is missing")
 AS_ROOT = pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes whatever the permissions say")

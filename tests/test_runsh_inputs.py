@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above tests/
 RUN_SH = os.path.join(HERE, "run.sh")
 HOSTILE = "a b 'q' \"dq\" $HOME *"  # a folder name for paths: spaces, quotes, a $ and a glob
 QUICK_TASKS = ("sst2", "cola", "trec", "rte")  # what --quick prepares by default

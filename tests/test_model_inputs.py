@@ -2,7 +2,7 @@
 Bad inputs that enter through a model folder (config.json, the weights, spiece.model) or a --model name end with
 one CheckpointError line naming the file, what is wrong and how to fix it, and change no file.
 
-    python -m pytest -q test_model_inputs.py
+    python -m pytest -q tests/test_model_inputs.py
 """
 import json
 import os
@@ -18,7 +18,7 @@ from support import weights
 from support import hub
 import model_t5
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above tests/
 TINY = dict(vocab_size=300, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
 POSITIVE_INTS = ["vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                  "relative_attention_num_buckets", "relative_attention_max_distance"]
