@@ -72,7 +72,7 @@ def check_options(family, given):
     """given: {option: value} of the family-only options on the command line; one set for another family is
     refused in one line."""
     for option, value in given.items():
-        if value not in (None, False) and option not in family.OPTIONS:
+        if value is not None and value is not False and option not in family.OPTIONS:  # --dropout 0 is given
             owner = next(m.NAME for m in BY_NAME.values() if option in m.OPTIONS)
             raise FamilyError(f"--{option.replace('_', '-')} is for {owner} models, and this is a "
                               f"{family.NAME} model; drop the flag")

@@ -11,6 +11,7 @@ A pack's checkpoint is named after the runs of its chunk (support/resume.py; chu
 whole run list, so a chunk keeps its file whichever of its runs are finished), and a resume must find the same
 runs there. Every check (checkpoints, initial prompts) is made before the first pack trains.
 """
+import contextlib
 import dataclasses
 import os
 from contextlib import ExitStack
@@ -75,7 +76,7 @@ def check_tasks(task):
 
 def to_train(command, force):
     """The runs still to train (all of them with --force); refuses a prompt file that is no run's result."""
-    held = {label for labels in pack_checkpoints(command).values() for label in labels}
+    held = {label for labels in pack_checkpoints(command).values() for label in labels or []}
     todo = []
     for run in command:
         finished = os.path.exists(run.paths.record)
@@ -108,7 +109,7 @@ def stored_pack_size(command):
     """The --pack a checkpoint of these runs was written with (None: none)."""
     labels = {r.label for r in command}
     for path, held in pack_checkpoints(command).items():
-        if labels & set(held):
+        if labels & set(held or []):
             return resume.read_state(path).get("pack")
     return None
 
@@ -145,8 +146,13 @@ def plan_packs(todo, command, pack, resuming, force):
     folder = runs.model_folder(out_of(command[0]), command[0].config.model)
     plan, stale = [], []
     for chunk in chunks(command, pack):
-        checkpoint = resume.pack_checkpoint(folder, [r.label for r in chunk])
         pending = [r for r in chunk if r.label in wanted]
+        # named after the chunk's runs, finished or not (a pack killed between its runs' writes keeps its file);
+        # a checkpoint moved from the older layout is named after the runs it held, the chunk's unfinished ones
+        names = [resume.pack_checkpoint(folder, [r.label for r in runs_]) for runs_ in (chunk, pending) if runs_]
+        checkpoint = next((name for name in names if name in found), names[0])
+        if checkpoint in found and found[checkpoint] is None:
+            resume.read_state(checkpoint)  # this pack's own checkpoint is unreadable: one line naming it
         held = found.get(checkpoint, [])
         if not pending:  # every run of the chunk is finished: a checkpoint left by a kill after the last write
             stale += [checkpoint] if checkpoint in found and not set(held) - {r.label for r in chunk} else []
@@ -164,7 +170,7 @@ def plan_packs(todo, command, pack, resuming, force):
             else:
                 stale.append(checkpoint)
         for path, others in found.items():  # another pack's checkpoint holding one of these runs
-            overlap = sorted({r.label for r in pending} & set(others))
+            overlap = sorted({r.label for r in pending} & set(others or []))
             if path != checkpoint and overlap:
                 if not force:
                     raise runs.RunError(f"{path} is the checkpoint of a pack of {len(others)} runs holding "
@@ -198,12 +204,17 @@ def train_packs(todo, command, pack, model, tokenizer, device, scoring, resuming
     for path in stale:
         if os.path.exists(path):
             os.remove(path)  # starting over: a later --resume must not find the old state
+    folder = os.path.dirname(plan[0][1]) if plan else None
+    if folder:
+        files.make_folder(folder)  # the checkpoints' folder: a file in its place is one line now, not after training
     written, failures = [], []
     wanted = {r.label for r in todo}
     for pending, checkpoint in plan:
         done, stopped = train_chunk(pending, checkpoint, inits, wanted, pack, model, tokenizer, device, scoring,
                                     resuming, log)
         written, failures = written + done, failures + stopped
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)  # when no checkpoint is left in it
     return written, failures
 
 

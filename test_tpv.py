@@ -1248,6 +1248,21 @@ def test_a_checkpoint_in_the_layout_before_pack_names_still_resumes(tiny, tmp_pa
     assert not os.path.exists(old) and not os.path.exists(new)
     for origin in (0, 1):
         assert torch.equal(prompt_and_history(tmp_path / "a", origin)[0], prompt_and_history(tmp_path / "b", origin)[0])
+    # a run's checkpoint from before packs: (n, d) tensors, one run's numbers, no run list; it keeps its run
+    single = ["--max-steps", "40", "--scoring", "rank"]
+    monkeypatch.setattr(model_t5, "run_losses", interrupt_at_25)
+    calls.clear()
+    assert cli_run(train_args(tiny, tmp_path / "c", *single)) == 2
+    monkeypatch.undo()
+    new, old = checkpoint_file(tmp_path / "c", "origin_0/sst2"), run_file(tmp_path / "c", "sst2.ckpt.safetensors")
+    tensors, state = resume.load_checkpoint(new)
+    state = {k: v for k, v in state.items() if k not in ("runs", "pack", "stopped")}
+    state |= {k: state[k][0] for k in ("best_loss", "best_step", "history")}
+    save_file({k: v[0] if v.dim() == 3 else v for k, v in tensors.items()}, old, metadata={"state": json.dumps(state)})
+    os.remove(new)
+    assert cli_run(train_args(tiny, tmp_path / "c", *single, "--resume")) == 0
+    assert cli_run(train_args(tiny, tmp_path / "d", *single)) == 0
+    assert torch.equal(prompt_and_history(tmp_path / "c", 0)[0], prompt_and_history(tmp_path / "d", 0)[0])
 
 
 def test_every_family_provides_the_whole_interface():
@@ -1832,6 +1847,9 @@ BAD_INPUTS = [
     ("a run held by another pack", "train sst2 --origin 1 --name packed",
      lambda o, t: pack_checkpoint(o, ["origin_0/packed", "origin_1/packed"]),
      "is the checkpoint of a pack of 2 runs holding origin_1/packed"),
+    ("export of a prompt of a family tpv lacks", "export {tmp}/gpt2.safetensors --peft {tmp}/adapter",
+     lambda o, t: prompts.save_prompt(f"{t}/gpt2.safetensors", torch.zeros(50, 32), torch.zeros(50, 32),
+                                      {"family": "gpt2"}), "tpv exports the prompts of its families"),
     ("prompts of two lengths", "eval sst2 --prompt sst2 --prompt {tmp}/short.safetensors",
      lambda o, t: prompts.save_prompt(f"{t}/short.safetensors", torch.zeros(10, 32), torch.zeros(10, 32), {}),
      "the prompts have different lengths (10 and 50 vectors)"),
@@ -1915,6 +1933,10 @@ def test_better_outcomes_of_odd_inputs(finished, tiny, tmp_path, capsys):
         assert code == 0 and len(json.load(open(run_file(out, "early.json")))["history"]) == 2, err
     finally:
         evaluation.validation_losses = real
+    # an unreadable checkpoint of another pack does not stop this one (the command that resumes it reports it)
+    write_bytes(os.path.join(out, "model", "packs", "cola-0123456789ab.ckpt.safetensors"), b"garbage")
+    assert cli_outcome(["train", "sst2", "--name", "despite", "--shots", "0", "--model", str(tiny / "model"),
+                        *common], capsys)[0] == 0
     # the lock of a writer that died is taken over
     write_bytes(run_file(out, "again.safetensors.lock"), b"999999999")
     assert cli_outcome(["train", "sst2", "--name", "again", "--shots", "0", "--model", str(tiny / "model"),

@@ -241,8 +241,8 @@ def lock_state(lock):
     if writer.get("boot") and me["boot"] and writer["boot"] != me["boot"]:
         return "dead", ""  # written before the machine was restarted
     if "start" not in writer:  # an older tpv's lock: a live pid may be another program's now
-        return "unknown", (f"{lock}: process {pid} is writing this run, or the lock is stale (it comes from an older "
-                           f"tpv and cannot tell a reused pid); {remove}")
+        return "unknown", (f"{lock}: process {pid} is writing this run, or the lock is stale (it does not say when its "
+                           f"writer started, as older tpv's locks did not, so a reused pid looks alive); {remove}")
     if writer["start"] is not None and writer["start"] != start_time(pid):
         return "dead", ""  # the pid now belongs to a process that started later
     return "live", (f"{lock}: process {pid} is writing this run now; wait for it to finish (or stop it) and run "

@@ -96,6 +96,9 @@ def foreign_reason(e):
 def write_adapter(folder, prompt, model_name, family, force):
     """A prompt -> a PEFT prompt-tuning adapter that PEFT loads, of the family's task type: SEQ_2_SEQ_LM for T5
     (encoder rows only), CAUSAL_LM for decoder-only models (every row goes before the input)."""
+    if family not in families.BY_NAME:  # before anything is written
+        raise prompts.PromptError(f"a prompt of a {family!r} model: tpv exports the prompts of its families "
+                                  f"({', '.join(families.BY_NAME)}) only")
     weights, config_path = os.path.join(folder, ADAPTER_WEIGHTS), os.path.join(folder, ADAPTER_CONFIG)
     for path in (weights, config_path):
         files.refuse_existing(path, force, "PEFT adapter")

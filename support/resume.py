@@ -75,9 +75,16 @@ def unreadable(path, e):
 
 
 def pack_checkpoints(model_folder):
-    """{checkpoint path: the labels of the runs it holds} of every pack checkpoint of a model."""
-    return {path: read_state(path)["runs"]
-            for path in sorted(glob.glob(os.path.join(glob.escape(model_folder), "packs", "*" + SUFFIX)))}
+    """{checkpoint path: the labels of the runs it holds, or None where the file is unreadable} of every pack
+    checkpoint of a model. An unreadable one is reported by the command that resumes it (read_state); another
+    command passes it by."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(model_folder), "packs", "*" + SUFFIX))):
+        try:
+            found[path] = read_state(path)["runs"]
+        except ResumeError:
+            found[path] = None
+    return found
 
 
 def adopt_old_checkpoints(model_folder, old_paths):
@@ -88,12 +95,19 @@ def adopt_old_checkpoints(model_folder, old_paths):
         if not os.path.exists(old):
             continue
         own = f"{os.path.basename(os.path.dirname(old))}/{os.path.basename(old)[:-len(SUFFIX)]}"
-        new = pack_checkpoint(model_folder, read_state(old).get("runs", [own]))  # before packs: one run, its own
+        state = read_state(old)
+        new = pack_checkpoint(model_folder, state.get("runs", [own]))
         if os.path.exists(new):
             raise ResumeError(f"{old} is an older checkpoint of the runs of {new}; keep one of them (delete the "
                               f"other) and run again")
         files.make_folder(os.path.dirname(new))
-        os.replace(old, new)
+        if "runs" in state:
+            os.replace(old, new)
+        else:  # before packs: one run, its own; the moved file records it, as every pack checkpoint does
+            tensors, state = load_checkpoint(old)
+            files.atomic_write(new, lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(
+                {**state, "runs": [own]})}))
+            os.remove(old)
 
 
 def comparable(config):
@@ -137,7 +151,7 @@ def restore(state, path, config, runs, pack):
     state.optimizer.load_state_dict({"state": {0: {k[4:]: v for k, v in tensors.items() if k.startswith("adam")}},
                                      "param_groups": saved["param_groups"]})
     torch.set_rng_state(tensors["rng_cpu"])
-    if device.type == "cuda":
+    if device.type == "cuda" and "rng_cuda" in tensors:  # a checkpoint written on the CPU has none
         torch.cuda.set_rng_state(tensors["rng_cuda"], device)
     for key in ("step", "epoch", "next_batch", "best_loss", "best_step", "history"):
         setattr(state, key, saved[key])

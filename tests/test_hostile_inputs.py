@@ -340,8 +340,6 @@ DAMAGED = [
     ("cut at the end", RESUME, damaged("cut at the end"), "cut short or damaged"),
     ("a folder", RESUME, damaged("folder"), "(a folder, not a checkpoint file); its progress is lost: remove that"),
     ("a state without its keys", RESUME, damaged("no state keys"), "its state lacks args"),
-    ("one run of the pack with --force", "train rte --shots 5 --origin 0 --max-steps 4 --force", damaged("truncated"),
-     "not a readable tpv checkpoint"),
 ]
 
 
@@ -350,6 +348,21 @@ DAMAGED = [
 def test_damaged_pack_checkpoints_are_named_unreadable(finished, tiny, tmp_path, capsys, case, command, setup, message):
     err = run_case(finished, tiny, tmp_path, capsys, command, setup, message)
     assert "not a readable tpv checkpoint" in err and "different arguments" not in err and "--force" not in err
+
+
+@needs_shared
+def test_a_damaged_checkpoint_of_another_pack_stops_no_other_command(finished, tiny, tmp_path, capsys):
+    """One run of the damaged pack trained alone (--force) is trained; the damaged file is left as it was, for the
+    command that resumes it to report."""
+    out = tmp_path / "runs"
+    shutil.copytree(finished, out)
+    damaged("truncated")(str(out), str(tmp_path))
+    before = open(checkpoint_file(out, *PACKED), "rb").read()
+    code, err = cli_outcome(["train", "rte", "--shots", "5", "--origin", "0", "--max-steps", "4", "--force",
+                             "--model", str(tiny / "model"), "--out", str(out), "--data-dir", str(tiny / "data")],
+                            capsys)
+    assert code == 0, err
+    assert open(checkpoint_file(out, *PACKED), "rb").read() == before
 
 
 # -----------------------------------------------------------------------------

@@ -439,8 +439,11 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
         (["info", "--model", yarn], 'rope_scaling rope_type "yarn" is not implemented'),
         (["eval", "rte", "--model", unigram, "--data-dir", tiny_llama["data"], "--prompt", t5_prompt], "not BPE"),
         (["train", "rte", *where(tiny_llama)[2:], "--model", str(tmp_path / "none")], "no such model folder"),
+        # a fresh --out: the module's runs may have trained rte already
         (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--dropout", "0.1"],
-         "--dropout is for T5 models, and this is a Llama (Llama 3, DeepSeek-LLM) model; drop the flag"),  # a fresh --out: the module's runs may have trained rte already
+         "--dropout is for T5 models, and this is a Llama (Llama 3, DeepSeek-LLM) model; drop the flag"),
+        (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--dropout", "0"],
+         "--dropout is for T5 models"),  # 0 is given too
         (["train", "rte", *where(tiny_llama)[2:], "--model", unknown_chat], "an unknown chat_template; tpv writes "
          "tasks in the chat formats of Llama-3.1-Instruct, DeepSeek-LLM-Chat, SmolLM2-Instruct and Qwen2.5-Instruct"),
         (["train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path / "runs"), "--precision", "fp16"],
