@@ -1,7 +1,7 @@
 """
 Tests on a real pretrained model: SmolLM2-135M-Instruct (Hugging Face's; the Llama architecture with 30 layers, width
 576, 9 query / 3 key-value heads, rope theta 100,000, a tied head, byte-level BPE with 49,152 tokens, the ChatML
-chat template). Run: python -m pytest -q test_real_model.py
+chat template). Run: python -m pytest -q tests/test_real_model.py
 
 The model folder is built offline by ../shared/tools/smollm2.sh (CI runs it before pytest: .ci/run) from the Q4_1
 GGUF file a PyPI wheel ships: its weights are the Q4_1 ones dequantized to fp32, not the hub's bf16 originals. Every
