@@ -1173,7 +1173,7 @@ def checkpoint_step(path):
 
 
 def interrupt_then_resume(tiny, out, sig, *extra, labels=("origin_0/sst2",)):
-    args = train_args(tiny, out, "--max-steps", "300", *extra)
+    args = train_args(tiny, out, "--max-steps", "160", *extra)
     # SIGINT as at a terminal: a shell's background job (nohup ... &) starts with it ignored, and Python keeps that
     process = subprocess.Popen([sys.executable, os.path.join(HERE, "tpv.py"), *args], cwd=HERE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -1193,7 +1193,7 @@ def interrupt_then_resume(tiny, out, sig, *extra, labels=("origin_0/sst2",)):
 
 @pytest.mark.usefixtures("cli_in_process")
 def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
-    reference = run_cli(*train_args(tiny, tmp_path / "a", "--max-steps", "300"))
+    reference = run_cli(*train_args(tiny, tmp_path / "a", "--max-steps", "160"))
     assert reference.returncode == 0, reference.stderr
     code, _ = interrupt_then_resume(tiny, tmp_path / "b", signal.SIGKILL)
     assert code == -signal.SIGKILL
