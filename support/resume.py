@@ -65,6 +65,8 @@ def unreadable(path, e):
     next command accepts whatever the pack (deleting it; --force is refused for a pack holding other runs)."""
     if os.path.isdir(path):
         what, remove = "a folder, not a checkpoint file", "remove that folder"
+    elif not os.path.exists(path):  # a link to nothing, or a file deleted since it was listed
+        what, remove = "it is gone, or a link to nothing", "remove the link if one is left"
     else:
         size = os.path.getsize(path) if os.path.exists(path) else 0
         what = ("an empty file" if size == 0 else
