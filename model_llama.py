@@ -477,8 +477,8 @@ def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generat
     """The label words predicted for examples idx with each of R prompts (R, n, d) (None: the model alone): the
     reply generated after the chat prefix matched to the task's label words (instruct.label_of), or the best-scoring
     answer (scoring="rank"). -> R lists of len(idx) words, in T5's spelling for the metrics."""
-    batch = {k: v.to(model.lm_head.weight.device) for k, v in data.collate_prefixes(tokens, idx, pad_id(model.config))
-             .items()}
+    batch = data.collate_prefixes(tokens, idx, pad_id(model.config))
+    batch = {k: v.to(model.lm_head.weight.device) for k, v in batch.items()}
     rows, prompt_rows = layers.rows_per_prompt(batch, prompts)  # (R*B, S) left-padded, prompt-major; (R*B, n, d)
     ids, mask = rows["input_ids"], rows["attention_mask"]
     if scoring == "rank":  # the answers as the chat writes them after the prefix, e.g. "not entailment<|eot_id|>"

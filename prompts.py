@@ -38,16 +38,19 @@ class PromptError(ValueError):
 # -----------------------------------------------------------------------------
 # task prompt vectors: tau = prompt - init, and their sums
 
+OLD_FILES_FAMILY = "t5"  # what a prompt file written before the Llama family holds: a T5 prompt
+
+
 class Vector(NamedTuple):
     """A task prompt vector and what it may be combined with."""
     tau: torch.Tensor  # (n, d)
     init: torch.Tensor  # (n, d): the prompt tuning started from; vectors add only onto the same one
     model: str
     name: str
-    family: str = "t5"  # files from before the Llama family hold T5 prompts
+    family: str = OLD_FILES_FAMILY
 
 
-def vector(prompt, init, model="", name="", family="t5"):
+def vector(prompt, init, model="", name="", family=OLD_FILES_FAMILY):
     """The paper's task prompt vector: tau = tuned prompt - its initialisation (element-wise, no scaling)."""
     return Vector(prompt - init, init, model, name, family)
 
@@ -56,7 +59,7 @@ def load_vector(path):
     """The task prompt vector stored in a prompt file."""
     prompt, init, meta = load_prompt(path)
     return vector(prompt, init, meta.get("model", ""), meta.get("task", os.path.splitext(os.path.basename(path))[0]),
-                  meta.get("family", "t5"))
+                  meta["family"])
 
 
 def check_same_origin(name, init, origin, where="the initial prompt it is added to"):
@@ -190,12 +193,12 @@ def load_prompt(path):
         raise PromptError(f"{path}: prompt {tuple(prompt.shape)} and init {tuple(init.shape)} must be equal (n, d)")
     if not (torch.isfinite(prompt).all() and torch.isfinite(init).all()):
         raise PromptError(f"{path}: holds NaN or infinite values")
-    return prompt.float(), init.float(), meta
+    return prompt.float(), init.float(), {"family": OLD_FILES_FAMILY, **meta}
 
 
 def check_fits(path, prompt, meta, model_name, model):
     """A prompt file must come from the same model (by family, name and width) as the one it is used with."""
-    family = meta.get("family", "t5")  # files from before the Llama family hold T5 prompts
+    family = meta.get("family", OLD_FILES_FAMILY)  # meta may come from an adapter that names none
     if family != model.family:
         raise PromptError(f"{path}: a prompt of a {family} model ({meta.get('model', 'unknown')}), but the model is "
                           f"a {model.family} model: prompts do not carry over between model families; pass the "

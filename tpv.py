@@ -186,8 +186,7 @@ def cmd_import(args):
 def cmd_export(args):
     path = runs.prompt_file(args.file, args.out, args.model, args.origin)
     prompt, _, meta = prompts.load_prompt(path)
-    family = meta.get("family", families.DEFAULT.FAMILY)  # files from before the Llama family hold T5 prompts
-    interchange.write_adapter(args.peft, prompt, meta.get("model", args.model), family, args.force)
+    interchange.write_adapter(args.peft, prompt, meta.get("model", args.model), meta["family"], args.force)
     print(f"wrote {args.peft}/adapter_model.safetensors and adapter_config.json (the init is not part of PEFT's "
           f"format)")
 

@@ -194,25 +194,25 @@ def train(config, model, tokenizer, tasks, inits, checkpoint, runs, resume=False
         torch.manual_seed(config.seed)  # dropout masks; the data order has its own seeded generator
         state.rng = torch.get_rng_state()
     train_tokens, validation_sets = training_data(config, tasks, tokenizer)
-    make_batch = family.batch_maker(model, tokenizer, config.loss)
-    total = config.max_steps or config.epochs * math.ceil(len(data.lengths(train_tokens)) / config.batch_size)
+    lengths, make_batch = data.lengths(train_tokens), family.batch_maker(model, tokenizer, config.loss)
+    total = config.max_steps or config.epochs * math.ceil(len(lengths) / config.batch_size)
     every = validation_interval(config, total)
     log(start_line(config, tasks, train_tokens, total, inits.shape[0], device))
     evaluate = lambda: validate(state, model, validation_sets, make_batch, autocast, config, total, log)
     save = lambda: checkpoints.save(state, checkpoint, config, runs, pack)
     model.train()  # dropout on, as in the paper's runs (the weights stay frozen)
-    meter = Meter(state.step, total, data.lengths(train_tokens) + np.diff(train_tokens["target_offsets"]) +
-                  inits.shape[1])  # tokens seen per example: source (or chat prefix), target, prompt
+    meter = Meter(state.step, total, lengths + np.diff(train_tokens["target_offsets"]) + inits.shape[1])
     try:
         if validation_missed(state, every, total):  # interrupted after a step, before its validation
             evaluate(), save()
-        for state.epoch, state.next_batch, idx in batches(data.lengths(train_tokens), config, state, total):
-            batch = {k: v.to(device) for k, v in make_batch(train_tokens, idx).items()}
+        for state.epoch, state.next_batch, idx in batches(lengths, config, state, total):
+            batch = make_batch(train_tokens, idx)  # on the CPU, where its target tokens are counted without a sync
+            n_targets, batch = int((batch["labels"] != -100).sum()), {k: v.to(device) for k, v in batch.items()}
             lr = state.optimizer.param_groups[0]["lr"] = lr_at(state.step, config, total)
             # --- one step: the running runs' losses per target token, their gradients, clipping, AdamW
             running = state.running()  # (A of R runs): a stopped run no longer trains
             trained = state.prompts if len(running) == inits.shape[0] else state.prompts[running]  # (A, n, d)
-            losses = forward_backward(model, trained, batch, autocast)  # (A,)
+            losses = forward_backward(model, trained, batch, n_targets, autocast)  # (A,)
             grad_norms = clip_per_run(state.prompts.grad, config.clip_norm)[running]  # (A,) before clipping
             if not stop_non_finite(state, running, losses, grad_norms, log):
                 break  # every run stopped: nothing left to update, validate or save
@@ -240,11 +240,11 @@ def train(config, model, tokenizer, tasks, inits, checkpoint, runs, resume=False
 # -----------------------------------------------------------------------------
 # the loop's helpers
 
-def forward_backward(model, prompts, batch, autocast):
+def forward_backward(model, prompts, batch, n_targets, autocast):
     """The step's forward and backward: each of A prompts' loss over its copy of the batch per target token of the
-    batch (the family's run_losses), and its gradient, which reaches prompts[r] only. -> (A,) losses."""
+    batch (n_targets; the family's run_losses), and its gradient, which reaches prompts[r] only. -> (A,) losses."""
     with autocast():  # the frozen model; the prompts stay fp32
-        losses = families.of(model).run_losses(model, prompts, batch) / int((batch["labels"] != -100).sum())
+        losses = families.of(model).run_losses(model, prompts, batch) / n_targets
     losses.sum().backward()
     return losses
 

@@ -28,7 +28,7 @@ def packed_step(model, pack, batch, autocast):
     per step)."""
     prompts, optimizer = pack
     # the batch has no padding: every label is a target token; no loss scaler (fp32 and bf16 need none)
-    losses = common.forward_backward(model, prompts, batch, autocast)
+    losses = common.forward_backward(model, prompts, batch, batch["labels"].numel(), autocast)
     common.clip_per_run(prompts.grad, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
