@@ -16,15 +16,16 @@ estimate.py (prices the lines of ./run.sh --plan), llama.py, and common.py (what
     python bench.py estimate --model t5-base   # device-hours of ./run.sh --plan's grid here (./run.sh --estimate)
     python bench.py llama-step             # our Llama vs transformers + PEFT: prompt-tuning step, 4 x 128 tokens
     python bench.py load --size-gb 3       # peak resident memory of load_llama (fresh process), file and shards
+    python bench.py shared-prefix          # decoder-only step and evaluation on SmolLM2: shared prefix, without, PEFT
 
 `step` measures forward, loss, backward to the prompt and the AdamW update in training mode (dropout 0.1, as the
 recipe trains), and reports medians over repeats. Every command that runs a model takes --device (auto: CUDA
-when there is a GPU). step, parity, eval, epoch, memory and llama-step need `transformers` (pip install -r
+when there is a GPU). step, parity, eval, epoch, memory, llama-step and shared-prefix need `transformers` (pip install -r
 requirements-test.txt), which is not a run-time dependency; pack and estimate run our T5 alone, load our Llama.
 """
 import argparse
 
-from benchmarks import estimate, llama, packs, t5
+from benchmarks import estimate, llama, packs, shared_prefix, t5
 from benchmarks.common import DTYPES, SHAPES, comma_list, random_t5  # noqa: F401 (random_t5: test_tpv.py's)
 from benchmarks.estimate import transfer_groups
 from benchmarks.llama import LLAMA_SHAPES
@@ -72,6 +73,17 @@ COMMANDS = {
         "attention": (["sdpa", "eager"], "comma list of transformers' attn_implementation values to time (sdpa: "
                       "its default)", {"type": comma_list(choices=["sdpa", "eager"])}),
         "repeats": (5, "timed rounds (median) after one warm-up round"), "device": DEVICE}),
+    "shared-prefix": (shared_prefix.shared_prefix_speed, "decoder-only training step and evaluation on a real chat "
+                      "model: the shared prefix, without it, and transformers + PEFT", {
+        "model": ("HuggingFaceTB/SmolLM2-135M-Instruct", "a decoder-only model folder, or a name found in --models-dir "
+                  "or the Hugging Face cache; nothing is downloaded"),
+        "models-dir": ("models", "where tpv.py keeps downloaded models"),
+        "samples": (SAMPLES, "the dataset samples folder (its sst2/)"),
+        "batch": (4, "training rows (the LLM recipe's)"), "prompt": (100, "soft prompt vectors (the LLM recipe's)"),
+        "rows": (64, "evaluation examples at once (evaluation's batch)"),
+        "loss": (["full", "answer"], "comma list of --loss values to time", {"type": comma_list(
+            choices=["full", "answer"])}),
+        "repeats": (3, "timed rounds (median) after one warm-up round"), "device": DEVICE}),
     "load": (llama.load_memory, "peak resident memory of load_llama in a fresh process: one file, and shards", {
         "size-gb": (3.0, "the random checkpoint's size in bf16, GB (2^30 bytes)"),
         "max-shard-gb": (1.0, "the shards' largest size, GB"),

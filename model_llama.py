@@ -294,22 +294,81 @@ class Llama(nn.Module):
         return self.lm_head(h.contiguous())  # (B, T, d) @ (d, V) -> (B, T, V)
 
 
-def token_losses(model, input_ids, attention_mask, labels, prompt):
+def token_losses(model, input_ids, attention_mask, labels, prompt, shared=0):
     """(B, T) cross-entropy of each label token given everything before it, 0 where the label is -100; in fp32.
 
     As a causal LM's loss with PEFT prompt tuning: token t is predicted from the state at the position before it,
-    so the first token (begin-of-text) is predicted from the prompt's last vector. The vocabulary projection is
-    made only where there is a label (with --loss answer, a few tokens of the sequence).
+    so the first token (begin-of-text) is predicted from the prompt's last vector. prompt: (n, d), or (R, n, d) for
+    R groups of rows (prompt_groups). The first `shared` tokens, the same in every row with the same labels (the
+    shared prefix, data.shared_start), are computed once per prompt with it (prefix), their loss too; each row's
+    rest attends to them. The vocabulary projection is made only where there is a label (with --loss answer, a few
+    tokens of the sequence).
     """
     if prompt is None:
         raise ValueError("token_losses needs a prompt: the first token is predicted from its last vector")
-    states = model.states(input_ids, attention_mask, prompt)  # (B, n+T, d)
-    before = states[:, -input_ids.shape[1] - 1:-1]  # (B, T, d): the state before each token
-    picked = labels != -100  # (B, T)
-    logits = model.lm_head(before[picked])  # (N, d) @ (d, V) -> (N, V)
+    B, n = input_ids.shape[0], prompt.shape[-2]
+    states, cache = prefix(model, prompt, input_ids[0, :shared], B)  # (R, n+P, d)
+    rest = read(model, input_ids[:, shared:], attention_mask[:, shared:], cache)[0]  # (B, T-P, d)
+    R = states.shape[0]
     losses = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-    losses[picked] = F.cross_entropy(logits.float(), labels[picked], reduction="none")
+    # the shared tokens, predicted once per prompt from the states before them: (R, P, d), their labels (P,)
+    picked = labels[0, :shared] != -100
+    if picked.any():  # --loss full: every shared token; --loss answer: none
+        logits = model.lm_head(states[:, n - 1:-1][:, picked])  # (R, N, d) @ (d, V) -> (R, N, V)
+        targets = labels[0, :shared][picked].expand(R, -1)  # (R, N)
+        once = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(R, -1)
+        losses[:, :shared][:, picked] = once.repeat_interleave(B // R, dim=0)  # each prompt's rows
+    # each row's own tokens: the first predicted from the shared prefix's last state, the others from the row's
+    before = torch.cat([states[:, -1:].repeat_interleave(B // R, dim=0), rest[:, :-1]], dim=1)  # (B, T-P, d)
+    picked = labels[:, shared:] != -100  # (B, T-P)
+    logits = model.lm_head(before[picked])  # (N, d) @ (d, V) -> (N, V)
+    losses[:, shared:][picked] = F.cross_entropy(logits.float(), labels[:, shared:][picked], reduction="none")
     return losses
+
+
+def prompt_groups(prompt, rows, d):
+    """A soft prompt (n, d), or (R, n, d) with R dividing the batch's rows (prompt r serves the rows r*B/R to
+    (r+1)*B/R - 1, prompt-major as layers.rows_per_prompt makes them) -> (R, n, d)."""
+    if prompt.dim() == 2:
+        prompt = prompt[None]
+    if prompt.dim() != 3 or rows % prompt.shape[0] or prompt.shape[-1] != d:
+        raise ValueError(f"prompt must be (n, {d}) or (R, n, {d}) with R dividing the {rows} rows, got "
+                         f"{tuple(prompt.shape)}")
+    return prompt
+
+
+def prefix(model, prompt, shared_ids, rows):
+    """The start every row of a group shares, computed once per group: its soft prompt (R, n, d) (or None: one
+    group) and the shared ids (P,) -> the states (R, n+P, d) (None if empty) and the cache of every layer's keys and
+    values (rows, KV, n+P, hd), repeated for the rows of each group (their gradients meet in the group's)."""
+    h = model.model.embed_tokens(shared_ids)[None]  # (1, P, d)
+    if prompt is not None:  # cast where the fp32 prompt joins bf16 weights
+        prompt = prompt_groups(prompt, rows, model.width).to(h.dtype)
+        h = torch.cat([prompt, h.expand(prompt.shape[0], -1, -1)], dim=1)  # (R, n+P, d)
+    cache = [None] * model.config.num_hidden_layers
+    if h.shape[1] == 0:
+        return None, cache
+    positions = torch.arange(h.shape[1], device=h.device).expand(h.shape[0], -1)  # (R, n+P): no pads
+    states = model.run(h, positions, None, cache)  # causal: the shared start sees only itself
+    return states, [tuple(t.repeat_interleave(rows // h.shape[0], dim=0) for t in kv) for kv in cache]
+
+
+def read(model, input_ids, attention_mask, cache):
+    """The rows' own tokens (B, T) after what the cache holds (prefix, or nothing) -> their final hidden states
+    (B, T, d), the key mask (B, K) over everything read, its positions (B, K); the cache grows by the T tokens.
+    Padding anywhere (the training batch's on the right, the evaluation batch's between prefix and rows) is masked,
+    and positions count only real tokens, so each row is computed as it would be alone."""
+    B = input_ids.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    before = 0 if cache[0] is None else cache[0][0].shape[2]
+    mask = torch.cat([attention_mask.new_ones(B, before), attention_mask], dim=1)  # (B, K)
+    positions = positions_from(mask)
+    h = model.model.embed_tokens(input_ids)  # (B, T, d)
+    # the causal mask and the key mask, as the most negative float and not -inf: a pad's query row, with nothing
+    # allowed, stays finite instead of spreading NaN (as HF)
+    bias = layers.additive_mask(causal(mask, input_ids.shape[1]), h.dtype)  # (B, 1, T, K)
+    return model.run(h, positions[:, before:], bias, cache), mask, positions
 
 
 def pad_id(cfg):
@@ -336,49 +395,48 @@ def causal(mask, n_queries=None):
 # decoding and scoring (used by evaluation)
 
 @torch.no_grad()
-def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_tokens=16):
+def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_tokens=16, shared=0):
     """Greedy decoding with a key/value cache on a left-padded batch: (B, S) -> (B, <= max_new_tokens) new ids,
     pad (or EOS when the model has no pad id) after each end token. Same output as Hugging Face `generate(
-    do_sample=False)` with the prompt prepended to every row as PEFT does."""
+    do_sample=False)` with the prompt prepended to every row as PEFT does. prompt: (n, d) or (R, n, d) for R groups
+    of rows; the first `shared` tokens are the same in every row (data.collate_prefixes), computed once per prompt."""
     cfg = model.config
-    h, mask = model.embed(input_ids, attention_mask, prompt)
-    cache, positions = [None] * cfg.num_hidden_layers, positions_from(mask)
+    cache = prefix(model, prompt, input_ids[0, :shared], input_ids.shape[0])[1]
+    hidden, mask, positions = read(model, input_ids[:, shared:], None if attention_mask is None else
+                                   attention_mask[:, shared:], cache)
 
     def next_logits(step, token):
-        nonlocal mask, positions
-        if token is None:  # the whole input first (its keys/values go to the cache), then one token per step
-            h_in, bias = h, layers.additive_mask(causal(mask), h.dtype)
-        else:
+        nonlocal hidden, mask, positions
+        if token is not None:  # the inputs were read above (their keys/values are in the cache); then one token a step
             mask = torch.cat([mask, token.new_ones(token.shape[0], 1)], dim=1)  # (B, K+1)
             positions = positions[:, -1:] + 1  # (B, 1)
-            h_in = model.model.embed_tokens(token)  # (B, 1, d)
-            bias = layers.additive_mask(causal(mask, 1), h.dtype)  # (B, 1, 1, K+1)
-        return model.lm_head(model.run(h_in, positions, bias, cache)[:, -1])  # (B, d) @ (d, V) -> (B, V)
+            bias = layers.additive_mask(causal(mask, 1), hidden.dtype)  # (B, 1, 1, K+1)
+            hidden = model.run(model.model.embed_tokens(token), positions, bias, cache)  # (B, 1, d)
+        return model.lm_head(hidden[:, -1])  # (B, d) @ (d, V) -> (B, V)
     return decoding.greedy(next_logits, input_ids.shape[0], input_ids.device, max_new_tokens, cfg.eos_token_id or [],
                            pad_id(cfg))
 
 
-def score_candidates(model, input_ids, attention_mask, prompt, candidates):
+def score_candidates(model, input_ids, attention_mask, prompt, candidates, shared=0):
     """Log-probability of each candidate continuation: (B, S) left-padded inputs, C token lists -> (B, C).
 
-    One pass over the inputs (keeping their keys/values) and one over the candidates packed side by side: each
-    candidate token sees the input and its own earlier tokens (block-diagonal causal mask), at the positions it
-    would have if decoded alone, so every candidate is scored exactly as if it followed the input by itself.
+    One pass over the inputs (keeping their keys/values; the prompt and the first `shared` tokens once per prompt,
+    as generate_greedy) and one over the candidates packed side by side: each candidate token sees the input and its
+    own earlier tokens (block-diagonal causal mask), at the positions it would have if decoded alone, so every
+    candidate is scored exactly as if it followed the input by itself.
     """
-    device = input_ids.device
-    h, mask = model.embed(input_ids, attention_mask, prompt)
-    cache = [None] * model.config.num_hidden_layers
-    positions = positions_from(mask)
-    bias = layers.additive_mask(causal(mask), h.dtype)
-    last = model.run(h, positions, bias, cache)[:, -1]  # (B, d): the state that predicts each candidate's token 0
-    tokens, offset, seg, own = decoding.pack(candidates, device)  # (L,) x 3, (L, L) block-diagonal causal
+    cache = prefix(model, prompt, input_ids[0, :shared], input_ids.shape[0])[1]
+    hidden, mask, positions = read(model, input_ids[:, shared:], None if attention_mask is None else
+                                   attention_mask[:, shared:], cache)
+    last = hidden[:, -1]  # (B, d): the state that predicts each candidate's token 0
+    tokens, offset, seg, own = decoding.pack(candidates, input_ids.device)  # (L,) x 3, (L, L) block-diagonal causal
     B, L = input_ids.shape[0], len(tokens)
     # token i of a candidate is predicted from token i-1's hidden state; token 0's from the input's last position
     inputs = tokens.expand(B, -1)  # (B, L) every token is fed in; the last of each candidate predicts nothing used
-    # (B, 1, L, S) the input's real tokens, beside (B, 1, L, L) the candidate's own: -> (B, 1, L, S+L)
+    # (B, 1, L, K) the input's real tokens, beside (B, 1, L, L) the candidate's own: -> (B, 1, L, K+L)
     allowed = torch.cat([mask.bool()[:, None, None, :].expand(B, 1, L, -1), own.expand(B, 1, L, L)], dim=-1)
     hidden = model.run(model.model.embed_tokens(inputs), positions[:, -1:] + 1 + offset,
-                       layers.additive_mask(allowed, h.dtype), cache)  # (B, L, d)
+                       layers.additive_mask(allowed, last.dtype), cache)  # (B, L, d)
     previous = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (B, L, d): the state before each token
     first = offset == 0
     previous[:, first] = last[:, None]  # (B, 1, d) into (B, C, d): each candidate starts after the input
@@ -462,9 +520,11 @@ def batch_maker(model, tokenizer, loss):
 
 def run_losses(model, prompts, batch):
     """prompts (R, n, d), a batch of B chat texts -> (R,) summed cross-entropy of each prompt over its own copy of
-    the batch: each label token given the prompt and the tokens before it (token_losses)."""
-    rows, prompt_rows = layers.rows_per_prompt(batch, prompts)  # (R*B, L), prompt-major; (R*B, n, d)
-    token_loss = token_losses(model, rows["input_ids"], rows["attention_mask"], rows["labels"], prompt_rows)
+    the batch: each label token given the prompt and the tokens before it (token_losses), the batch's shared start
+    once per prompt."""
+    shared, rows = batch["shared_ids"].numel(), {k: v for k, v in batch.items() if k != "shared_ids"}
+    rows = layers.rows_per_prompt(rows, prompts)[0]  # (R*B, L), prompt-major
+    token_loss = token_losses(model, rows["input_ids"], rows["attention_mask"], rows["labels"], prompts, shared)
     return token_loss.view(prompts.shape[0], -1).sum(1)  # (R,)
 
 
@@ -476,17 +536,19 @@ def label_words(task):
 def predict_words(model, tokenizer, task, tokens, idx, prompts, scoring="generate", max_new_tokens=None):
     """The label words predicted for examples idx with each of R prompts (R, n, d) (None: the model alone): the
     reply generated after the chat prefix matched to the task's label words (instruct.label_of), or the best-scoring
-    answer (scoring="rank"). -> R lists of len(idx) words, in T5's spelling for the metrics."""
+    answer (scoring="rank"); the prefixes' shared start once per prompt. -> R lists of len(idx) words, in T5's
+    spelling for the metrics."""
     batch = data.collate_prefixes(tokens, idx, pad_id(model.config))
+    shared = batch.pop("shared_ids").numel()
     batch = {k: v.to(model.lm_head.weight.device) for k, v in batch.items()}
-    rows, prompt_rows = layers.rows_per_prompt(batch, prompts)  # (R*B, S) left-padded, prompt-major; (R*B, n, d)
+    rows = layers.rows_per_prompt(batch, prompts)[0]  # (R*B, S), prompt-major
     ids, mask = rows["input_ids"], rows["attention_mask"]
     if scoring == "rank":  # the answers as the chat writes them after the prefix, e.g. "not entailment<|eot_id|>"
         candidates = [instruct.answer_ids(tokenizer, tokenizer.chat(), w) for w in task.words]
-        scores = score_candidates(model, ids, mask, prompt_rows, candidates)  # (R*B, C)
+        scores = score_candidates(model, ids, mask, prompts, candidates, shared)  # (R*B, C)
         words = [(task.labels or task.words)[j] for j in scores.argmax(-1).tolist()]
     else:
-        out = generate_greedy(model, ids, mask, prompt_rows, max_new_tokens or instruct.MAX_NEW_TOKENS)
+        out = generate_greedy(model, ids, mask, prompts, max_new_tokens or instruct.MAX_NEW_TOKENS, shared)
         words = [instruct.label_of(task, tokenizer.decode(row).strip()) for row in out.tolist()]
     return [words[r:r + len(idx)] for r in range(0, len(words), len(idx))]
 

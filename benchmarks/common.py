@@ -18,6 +18,8 @@ import data
 import evaluation
 import model_llama
 import model_t5
+import prompts
+from data import instruct
 from experiments import LAMBDAS
 from support import hub, weights
 from support.devices import autocast_for, bf16_is_emulated, memory_budget, resolve_precision, weights_dtype

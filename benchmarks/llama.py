@@ -58,11 +58,11 @@ def llama_losses(ours, hfs, ids, init, autocast):
     model_llama.token_losses, one run), PEFT from labels = the tokens."""
     from peft import PromptTuningConfig, get_peft_model
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-    prompt = torch.nn.Parameter(init.clone())
+    prompt, rows = torch.nn.Parameter(init.clone()), {**batch, "shared_ids": ids[0, :0]}  # random rows share no start
 
     def ours_loss():
         with autocast():
-            return common.model_llama.run_losses(ours, prompt[None], batch)[0] / ids.numel()
+            return common.model_llama.run_losses(ours, prompt[None], rows)[0] / ids.numel()
     losses = {"ours": ([prompt], ours_loss)}
     for attention, hf in hfs.items():
         peft_model = get_peft_model(hf, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=len(init)))

@@ -15,7 +15,7 @@ instruct.py (the paper's instruct format: an example as chat tokens, for decoder
 from collections import Counter
 
 from .batches import (MAX_SOURCE, cached_tokens, collate, collate_causal, collate_prefixes, concat, epoch_batches,
-                      lengths, padding_stats, select, tokenize)
+                      lengths, padding_stats, select, shared_start, tokenize)
 from .cache import SPLITS, data_dir, is_prepared, read_cache, refuse_prepared, task_dir, write_cache
 from .download import download_task
 from .readers import read_task
@@ -85,5 +85,5 @@ def prepare(task, source, root=None, skip_bad_rows=False, tokenizer=None, force=
 __all__ = ["TASKS", "DataError", "Task", "get_task", "load_task", "split_tokens", "prepare", "read_task", "read_cache",
            "is_prepared", "write_cache", "paper_splits", "split_indices", "few_shot", "few_shot_indices", "stratified_take",
            "encode", "tokenize", "cached_tokens", "select", "concat", "epoch_batches", "collate", "collate_causal",
-           "collate_prefixes", "lengths",
+           "collate_prefixes", "shared_start", "lengths",
            "padding_stats", "download_task", "data_dir", "MAX_SOURCE"]

@@ -142,11 +142,23 @@ def sequence(tokens, key, i):
     return tokens[key][offsets[i]:offsets[i + 1]].tolist()
 
 
+def shared_start(rows, labels=None):
+    """How many leading tokens every row has in common (and the same label, where rows have labels), leaving each
+    row at least one token of its own: the shared prefix a decoder-only model computes once per prompt."""
+    shortest = min(len(r) for r in rows)
+    same = 0
+    while same < shortest - 1 and all(r[same] == rows[0][same] for r in rows) and (
+            labels is None or all(lab[same] == labels[0][same] for lab in labels)):
+        same += 1
+    return same
+
+
 def collate_causal(tokens, idx, pad_id, loss, tail):
     """Decoder-only training batch: each chat prefix and answer cut to fit (instruct.truncate), joined, padded on the
-    right -> {input_ids, attention_mask (B, L), labels (B, L)}: labels are the ids themselves (--loss full: the
-    whole chat text, as the official SFTTrainer's language-modelling collator) or only the answer's (--loss answer),
-    -100 elsewhere and on padding."""
+    right -> {input_ids, attention_mask (B, L), labels (B, L), shared_ids (P,)}: labels are the ids themselves (--loss
+    full: the whole chat text, as the official SFTTrainer's language-modelling collator) or only the answer's (--loss
+    answer), -100 elsewhere and on padding; shared_ids the first P tokens, the same in every row and with the same
+    labels (shared_start)."""
     rows, labels = [], []
     for i in idx:
         prefix, answer = instruct.truncate(sequence(tokens, "source", i), sequence(tokens, "target", i), loss, tail)
@@ -155,17 +167,23 @@ def collate_causal(tokens, idx, pad_id, loss, tail):
     width = max(len(r) for r in rows)
     pad = lambda seqs, value: torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.int64)
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.int64)
-    return {"input_ids": pad(rows, pad_id), "attention_mask": mask, "labels": pad(labels, -100)}
+    shared = rows[0][:shared_start(rows, labels)]
+    return {"input_ids": pad(rows, pad_id), "attention_mask": mask, "labels": pad(labels, -100),
+            "shared_ids": torch.tensor(shared, dtype=torch.int64)}
 
 
 def collate_prefixes(tokens, idx, pad_id):
-    """Decoder-only evaluation batch: the chat prefixes (whole, as the official test prompts), padded on the left so
-    that generation continues every row at the same place -> {input_ids, attention_mask} (B, S)."""
+    """Decoder-only evaluation batch: the chat prefixes (whole, as the official test prompts) -> {input_ids,
+    attention_mask (B, S), shared_ids (P,)}: the P tokens every prefix starts with first, then each row's own
+    tokens padded on the left, so that generation continues every row at the same place. The pads sit between the
+    two, masked: each row's tokens keep the positions they have alone (model_llama.positions_from)."""
     rows = [sequence(tokens, "source", i) for i in idx]
+    shared = shared_start(rows)
     width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.int64)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.int64)
-    return {"input_ids": ids, "attention_mask": mask}
+    ids = torch.tensor([r[:shared] + [pad_id] * (width - len(r)) + r[shared:] for r in rows], dtype=torch.int64)
+    mask = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * (len(r) - shared) for r in rows],
+                        dtype=torch.int64)
+    return {"input_ids": ids, "attention_mask": mask, "shared_ids": torch.tensor(rows[0][:shared], dtype=torch.int64)}
 
 
 def padding_stats(source_lengths, batches):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import weights
+from support import layers, weights
 import model_llama
 
 VOCAB = 300
@@ -193,6 +193,96 @@ def test_candidate_scores_equal_full_forward_passes(llamas):
         assert torch.allclose(scores[:, j], expected, atol=1e-4), j
 
 
+# -----------------------------------------------------------------------------
+# the shared prefix: the start every row has in common, computed once per prompt
+
+def chat_tokens(seed=7, start=9, lengths=(5, 8, 3, 6), answer=2):
+    """Token arrays (data.tokenize's layout) of examples that begin with the same `start` ids, as a chat's
+    examples do (begin-of-text, system message, instruction), then ids of their own and an answer."""
+    import numpy as np
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randint(4, VOCAB, (start,), generator=g).tolist()
+    sources = [common + torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in lengths]
+    targets = [torch.randint(4, VOCAB, (answer,), generator=g).tolist() for _ in lengths]
+    flat = lambda seqs: (np.array([t for s in seqs for t in s], dtype=np.int32),
+                         np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64))
+    (src, src_off), (tgt, tgt_off) = flat(sources), flat(targets)
+    return {"source": src, "source_offsets": src_off, "target": tgt, "target_offsets": tgt_off}
+
+
+def test_collate_finds_the_shared_start():
+    import data
+    tokens = chat_tokens(start=9, lengths=(5, 8, 3, 6))
+    full = data.collate_causal(tokens, [0, 1, 2, 3], pad_id=0, loss="full", tail=1)
+    assert full["shared_ids"].tolist() == full["input_ids"][0, :9].tolist()  # the common start, no further
+    assert (full["input_ids"][:, :9] == full["input_ids"][:1, :9]).all()
+    answer = data.collate_causal(tokens, [0, 1], pad_id=0, loss="answer", tail=1)
+    assert answer["shared_ids"].numel() == 9 and (answer["labels"][:, :9] == -100).all()
+    # a row that is the others' start leaves itself one token of its own; rows with other labels share nothing
+    assert data.shared_start([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert data.shared_start([[1, 2, 3], [1, 2, 3]], [[1, 2, 3], [-100, 2, 3]]) == 0
+    prefixes = data.collate_prefixes(tokens, [0, 1, 2], pad_id=0)
+    ids, mask = prefixes["input_ids"], prefixes["attention_mask"]  # [shared][pads][own]: each row's real tokens
+    for b, i in enumerate([0, 1, 2]):
+        row = tokens["source"][tokens["source_offsets"][i]:tokens["source_offsets"][i + 1]].tolist()
+        assert ids[b][mask[b].bool()].tolist() == row and mask[b, :9].all()
+    assert prefixes["shared_ids"].numel() == 9
+
+
+def peft_row_loss(hf, ids, labels, prompt):
+    """PEFT's loss of one unpadded row with one prompt (n, d): the logits of [prompt; ids], token t predicted from
+    the position before it (the first from the prompt's last vector), summed over the labels."""
+    n = prompt.shape[0]
+    embeds = torch.cat([prompt, hf.model.embed_tokens(ids)])[None]  # (1, n+T, d)
+    logits = hf(inputs_embeds=embeds, position_ids=torch.arange(n + len(ids))[None]).logits[0, n - 1:-1]  # (T, V)
+    return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+
+@pytest.mark.parametrize("loss", ["full", "answer"])
+@pytest.mark.parametrize("n_prompts", [1, 3])
+def test_shared_prefix_loss_and_gradient_equal_peft_row_by_row(llamas, loss, n_prompts):
+    """run_losses computes the shared start once per prompt; PEFT computes every row alone: the same loss and prompt
+    gradient, packed (3 prompts) and alone, with right padding, for --loss full and answer."""
+    import data
+    ours, hf = model_llama.load_llama(llamas["llama-3.1"]), load_hf(llamas["llama-3.1"])
+    batch_ = data.collate_causal(chat_tokens(), [0, 1, 2, 3], pad_id=0, loss=loss, tail=1)
+    assert batch_["shared_ids"].numel() == 9
+    init = torch.randn(n_prompts, 5, 64) * 0.5
+    prompts = init.clone().requires_grad_(True)
+    losses = model_llama.run_losses(ours, prompts, batch_)  # (R,)
+    losses.sum().backward()
+    ref = init.clone().requires_grad_(True)
+    expected = torch.stack([sum(peft_row_loss(hf, ids[m.bool()], labels[m.bool()], ref[r])
+                                for ids, m, labels in zip(batch_["input_ids"], batch_["attention_mask"],
+                                                          batch_["labels"]))
+                            for r in range(n_prompts)])
+    expected.sum().backward()
+    assert rel_diff(losses.detach(), expected.detach()) < 1e-5
+    assert rel_diff(prompts.grad, ref.grad) < 1e-4
+
+
+def test_shared_prefix_generation_and_scores_equal_each_row_alone(llamas):
+    """Generation and rank scoring with the shared start once per prompt (collate_prefixes' [shared][pads][own]
+    rows, 2 prompts packed) give each row's tokens and scores as that row alone with its prompt."""
+    import data
+    model = model_llama.load_llama(llamas["llama-3.1"])
+    tokens = chat_tokens(seed=8, lengths=(4, 9, 2))
+    batch_ = data.collate_prefixes(tokens, [0, 1, 2], pad_id=0)
+    shared = batch_.pop("shared_ids").numel()
+    rows = layers.rows_per_prompt(batch_, torch.zeros(2, 1, 1))[0]  # (6, S), prompt-major
+    ids, mask = rows["input_ids"], rows["attention_mask"]
+    prompts = torch.randn(2, 5, 64)
+    out = model_llama.generate_greedy(model, ids, mask, prompts, 6, shared)
+    candidates = [[5, 7], [9], [11, 12, 13]]
+    scores = model_llama.score_candidates(model, ids, mask, prompts, candidates, shared)
+    for row in range(6):
+        alone_ids, prompt = ids[row:row + 1, mask[row].bool()], prompts[row // 3]
+        alone = model_llama.generate_greedy(model, alone_ids, None, prompt, 6)
+        assert torch.equal(out[row, :alone.shape[1]], alone[0])
+        alone_scores = model_llama.score_candidates(model, alone_ids, None, prompt, candidates)
+        assert rel_diff(scores[row], alone_scores[0]) < 1e-5
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bf16_has_the_same_argmax(llamas, family):
     ours = model_llama.load_llama(llamas[family], dtype=torch.bfloat16)
@@ -317,6 +407,18 @@ def run_cli(*args):
 
 def where(tiny):
     return ["--model", tiny["model"], "--data-dir", tiny["data"], "--out", tiny["out"]]
+
+
+def test_bench_shared_prefix_times_three_arms_on_the_same_work(tiny_llama, capsys):
+    """bench.py shared-prefix on a tiny chat Llama: it checks that the three arms compute the same loss, gradient,
+    tokens and scores before it times them, and prints each arm's time."""
+    import bench
+    bench.main(["shared-prefix", "--model", tiny_llama["model"], "--samples", os.path.join(SHARED, "data"),
+                "--batch", "2", "--prompt", "4", "--rows", "4", "--repeats", "1", "--loss", "full,answer"])
+    out = capsys.readouterr().out
+    for arm in ("shared prefix", "without it", "transformers + PEFT"):
+        assert out.count(f"  {arm}") == 2  # --loss full and answer
+        assert f"generate: {arm}" in out and f"rank: {arm}" in out
 
 
 def test_readme_llama_example_runs(tiny_llama):

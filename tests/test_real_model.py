@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 import data
 import model_llama
+import prompts
 from data import instruct
-from support import chat
+from support import chat, layers
 
 NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -182,6 +183,7 @@ def test_loss_and_prompt_gradient_equal_transformers(ours, hf, tokenizer):
     vector) and its gradient in the prompt, against the same loss on transformers' logits."""
     batch = chat_batch(ours, tokenizer)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert batch["shared_ids"].numel() > 20  # the chat's start (system message, instruction) computed once
     init = origin_like(ours)
     prompt = init.clone().requires_grad_(True)
     loss = model_llama.run_losses(ours, prompt[None], batch)[0]
@@ -192,6 +194,27 @@ def test_loss_and_prompt_gradient_equal_transformers(ours, hf, tokenizer):
     expected.backward()
     assert rel_diff(loss.detach(), expected.detach()) <= 1e-5
     assert rel_diff(prompt.grad, theirs.grad) <= 1e-4
+
+
+def test_shared_prefix_generation_and_scores_equal_each_row_alone(ours, tokenizer):
+    """Four SST-2 prefixes with two prompts packed, the chat start they share computed once per prompt: each row
+    generates the tokens, and scores the label words, that it does alone with its prompt."""
+    task = data.get_task("sst2")
+    tokens = data.tokenize(task, sample_rows("sst2", 4, "validation"), tokenizer)
+    batch = data.collate_prefixes(tokens, [0, 1, 2, 3], model_llama.pad_id(ours.config))
+    shared = batch.pop("shared_ids").numel()
+    assert shared > 20
+    prompts_ = torch.stack([prompts.origin_prompt(ours, i, 20) for i in (0, 1)])
+    rows = layers.rows_per_prompt(batch, prompts_)[0]
+    ids, mask = rows["input_ids"], rows["attention_mask"]
+    candidates = [instruct.answer_ids(tokenizer, tokenizer.chat(), w) for w in task.words]
+    out = model_llama.generate_greedy(ours, ids, mask, prompts_, 8, shared)
+    scores = model_llama.score_candidates(ours, ids, mask, prompts_, candidates, shared)
+    for row in range(8):
+        alone_ids, prompt = ids[row:row + 1, mask[row].bool()], prompts_[row // 4]
+        alone = model_llama.generate_greedy(ours, alone_ids, None, prompt, 8)
+        assert torch.equal(out[row, :alone.shape[1]], alone[0])
+        assert rel_diff(scores[row], model_llama.score_candidates(ours, alone_ids, None, prompt, candidates)[0]) <= 1e-5
 
 
 # -----------------------------------------------------------------------------
