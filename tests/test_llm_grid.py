@@ -79,3 +79,169 @@ def test_every_familys_grid_is_origins_and_tasks_tpv_knows():
     import runs
     for module in families.BY_NAME.values():
         assert runs.parse_origins(module.GRID["origins"]) and set(module.GRID["tasks"]) <= set(data.TASKS)
+
+
+# -----------------------------------------------------------------------------
+# run.sh: the plan, Slurm's arrays, bad input and a run, for a decoder-only model
+
+RUN_SH = os.path.join(HERE, "run.sh")
+SHARED = os.path.join(os.path.dirname(HERE), "shared")
+LLAMA3 = os.path.join(SHARED, "assets", "llama3-tokenizer.json")
+PAIRS = {"mnli,qnli": ["scitail", "snli"], "dbpedia,trec": ["ag_news", "yahoo"],
+         "sst2,yelp_polarity": ["imdb", "sst5"]}  # run.sh's few-shot groups (paper §6b)
+SHOTS = ["0", "5", "10", "25", "50", "100", "250", "500", "750", "1000"]
+
+
+def run_sh(*args, cwd=HERE):
+    """./run.sh ARGS with this Python as $PYTHON (run.sh asks its tpv.py for the model's family)."""
+    return subprocess.run(["bash", RUN_SH, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=300)
+
+
+def plan_of(*args):
+    """--plan's commands by stage, each as its words."""
+    import shlex
+    done = run_sh("--plan", *args)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    grid = {}
+    for line in done.stdout.splitlines():
+        stage, command = line.split(" ", 1)
+        grid.setdefault(stage, []).append(shlex.split(command))
+    return grid
+
+
+def option(command, name):
+    return command[command.index(name) + 1] if name in command else None
+
+
+def test_run_sh_defaults_without_asking_are_t5s_grid_and_its_loss_values_tpvs():
+    """Where run.sh does not ask tpv.py (no config.json to read, no --family, no --loss), its defaults are T5's
+    GRID; and --loss takes what tpv.py train takes."""
+    from data import instruct
+    source = open(RUN_SH).read()
+    line = next(line for line in source.splitlines() if line.startswith("GRID_ORIGINS="))
+    assert line == f"GRID_ORIGINS={model_t5.GRID['origins']} GRID_TASKS={','.join(model_t5.GRID['tasks'])}"
+    assert f"$LOSS =~ ^({'|'.join(instruct.LOSSES)})$" in source
+
+
+def test_plan_of_a_llama_is_the_paper_llm_grid_with_the_llm_recipe(tmp_path):
+    import cli
+    import tpv
+    import train
+    folder = llama_config(tmp_path / "tiny-llama")
+    grid = plan_of("--model", folder)
+    tasks, origins = list(model_llama.GRID["tasks"]), "0,1,2"
+    targets = [t for pair, ts in PAIRS.items() for t in ts]
+    assert {stage: len(commands) for stage, commands in grid.items()} == {
+        "model": 1, "data": len(tasks) + len(targets), "sources": len(tasks), "multitask": len(PAIRS),
+        "sums": len(tasks) * (len(tasks) - 1) // 2 * 3, "fewshot": len(targets) * len(SHOTS), "analysis": 2,
+        "report": 1}
+    assert [c[3] for c in grid["sources"]] == tasks and [c[3] for c in grid["multitask"]] == list(PAIRS)
+    assert {(c[3], c[4]) for c in grid["sums"]} == {(a, b) for i, a in enumerate(tasks) for b in tasks[i + 1:]}
+    assert [c[2] for c in grid["analysis"]] == ["cross-origin", "similarity"]
+    assert all(option(c, "--origins") == origins for c in grid["analysis"])
+    assert {(c[3], option(c, "--shots")) for c in grid["fewshot"]} == {(t, n) for t in targets for n in SHOTS}
+    trains = grid["sources"] + grid["multitask"] + grid["fewshot"]
+    family = families.at(folder)
+    for command in trains:  # the recipe every train line gets from tpv.py: the family's, nothing of T5's
+        args = cli.parse_args(command[2:])
+        assert (args.model, args.origins, args.dropout) == (folder, [0, 1, 2], None)
+        config = train.recipe(args.task, args.shots, family, **tpv.recipe_flags(args))
+        assert (config.prompt_len, config.schedule, config.warmup_ratio, config.lr) == (100, "cosine", 0.03, 0.3)
+        if not args.shots:  # source and multi-task runs: batch 4, 10 epochs (TREC 20), validation at every tenth
+            epochs = 20 if args.task == "trec" else 10
+            assert (config.batch_size, config.epochs, config.eval_every) == (4, epochs, None), args.task
+    # the same grid for the hub name of the paper's Llama, before it is downloaded, with --family
+    hub = plan_of("--model", "meta-llama/Llama-3.1-8B-Instruct", "--family", "llama")
+    assert {stage: len(c) for stage, c in hub.items()} == {stage: len(c) for stage, c in grid.items()}
+    assert option(hub["sources"][0], "--model") == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_plan_passes_loss_to_every_train_line_only(tmp_path):
+    grid = plan_of("--model", llama_config(tmp_path / "m"), "--origins", "0", "--tasks", "sst2,yelp_polarity",
+                   "--shots", "5", "--loss", "answer")
+    for stage, commands in grid.items():
+        for command in commands:
+            assert option(command, "--loss") == ("answer" if command[2] == "train" else None), command
+
+
+def t5_config(folder):
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "t5", "vocab_size": 300, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
+                   "num_heads": 4, "relative_attention_num_buckets": 32}, f)
+    return str(folder)
+
+
+FAMILY_MISTAKES = [
+    (["--loss", "answer"], "run.sh: --loss is not an option of T5 models, and t5-base is one (a hub name not "
+                           "downloaded yet is taken for one; --family names another family); drop it"),
+    (["--loss", "answer", "--model", "{t5}"], "run.sh: --loss is not an option of T5 models, and {t5} is one (its "
+                                               "config.json); drop it"),
+    (["--quick", "--loss", "answer"], "tiny-t5 is one (--quick's own model); drop it"),
+    (["--model", "{llama}", "--family", "t5"], "run.sh: {llama} is a Llama (Llama 3, DeepSeek-LLM) model (its "
+                                                "config.json), not --family t5"),
+    (["--family", "gpt"], "run.sh: argument --family: invalid choice: 'gpt' (choose from 'llama', 't5')"),
+    (["--family", "Llama 3"], "--family must be a family's name, such as t5 or llama, got 'Llama 3'"),
+    (["--model", "{llama}", "--loss", "sum"], "run.sh: --loss must be full or answer, got 'sum'"),
+    (["--quick", "--family", "llama"], "run.sh: --family: --quick's own model is a tiny T5; for another family "
+                                       "give --model"),
+]
+
+
+@pytest.mark.parametrize("args, message, mode", [(*case, [None, "--plan", "--slurm"][i % 3])  # checked before any
+                                                 for i, case in enumerate(FAMILY_MISTAKES)])  # mode's own work
+def test_a_family_mistake_is_one_line_and_exit_2_before_anything_runs(tmp_path, args, message, mode):
+    where = {"t5": t5_config(tmp_path / "t5"), "llama": llama_config(tmp_path / "llama")}
+    out = tmp_path / "out"
+    done = run_sh(*[a.format(**where) for a in args], *([mode] if mode else []), "--out", out)
+    assert (done.returncode, done.stdout, done.stderr.count("\n")) == (2, "", 1), done.stderr
+    assert done.stderr.startswith("run.sh: ") and message.format(**where) in done.stderr
+    assert not out.exists()  # nothing written, nothing run
+
+
+def test_slurm_writes_the_llm_grid_as_array_jobs(tmp_path):
+    folder, out = llama_config(tmp_path / "tiny-llama"), tmp_path / "runs"
+    grid = plan_of("--model", folder, "--out", out, "--loss", "answer")
+    done = run_sh("--slurm", "--model", folder, "--out", out, "--loss", "answer", "--time", "2-00:00:00")
+    assert done.returncode == 0, done.stderr
+    slurm = out / "slurm"
+    for stage, commands in grid.items():
+        lines = (slurm / f"{stage}.plan").read_text().splitlines()
+        assert len(lines) == len(commands) == len((slurm / f"{stage}.done").read_text().splitlines())
+        if stage not in ("model", "data"):  # those run in submit.sh, where it is started
+            script = (slurm / f"{stage}.sh").read_text()
+            assert f"#SBATCH --array=0-{len(commands) - 1}\n" in script and "#SBATCH --time=2-00:00:00" in script
+            assert subprocess.run(["bash", "-n", slurm / f"{stage}.sh"]).returncode == 0
+    assert (slurm / "sums.plan").read_text().count(" add ") == 55 * 3
+    assert all("--loss answer" in line for line in (slurm / "sources.plan").read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A tiny random Llama with Llama 3's vocabulary, and a small sst2 cache written by hand (tpv's JSONL)."""
+    if not os.path.isfile(LLAMA3):
+        pytest.skip(f"needs Llama 3's tokenizer.json at {LLAMA3}")
+    root = tmp_path_factory.mktemp("tiny llama")
+    done = run_cli("tiny-model", root / "model", "--family", "llama", "--tokenizer", LLAMA3)
+    assert done.returncode == 0, done.stderr
+    rows = [("a gorgeous, witty film", 1), ("dull and lifeless", 0), ("a joy to watch", 1), ("painfully slow", 0)]
+    (root / "data" / "sst2").mkdir(parents=True)
+    for split in ("train", "validation"):
+        (root / "data" / "sst2" / f"{split}.jsonl").write_text("".join(
+            json.dumps({"sentence": text, "label": label, "idx": i}) + "\n" for i, (text, label) in enumerate(rows * 3)))
+    return root
+
+
+def test_a_plain_run_of_a_tiny_llama_grid_trains_with_the_llm_recipe_and_reports(tiny_llama, tmp_path):
+    """The plain run end to end, shrunk to one source task on one origin (each tpv.py process starts in about 3 s
+    here, so the two-task miniature, seven processes, takes a minute): --quick's steps, the Llama's recipe."""
+    out, results = tmp_path / "runs", tmp_path / "results"
+    done = run_sh("--quick", "--model", tiny_llama / "model", "--tasks", "sst2", "--origins", "0", "--loss", "answer",
+                  "--out", out, "--results", results, "--data-dir", tiny_llama / "data", "--samples", tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads((out / "model" / "origin_0" / "sst2.json").read_text())
+    assert {key: record["arguments"][key] for key in ("prompt_len", "schedule", "batch_size", "loss", "max_steps")} == {
+        "prompt_len": 100, "schedule": "cosine", "batch_size": 4, "loss": "answer", "max_steps": 12}
+    assert "## Single-task prompt tuning" in (results / "README.md").read_text()
+    assert (out / "logs" / "failed.txt").read_text() == ""
