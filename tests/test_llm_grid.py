@@ -245,3 +245,48 @@ def test_a_plain_run_of_a_tiny_llama_grid_trains_with_the_llm_recipe_and_reports
         "prompt_len": 100, "schedule": "cosine", "batch_size": 4, "loss": "answer", "max_steps": 12}
     assert "## Single-task prompt tuning" in (results / "README.md").read_text()
     assert (out / "logs" / "failed.txt").read_text() == ""
+
+
+# -----------------------------------------------------------------------------
+# bench.py estimate: a decoder-only plan priced with the family's recipe, shape and lengths
+
+def test_estimate_counts_the_llm_grid_with_the_llm_recipe(tmp_path):
+    import math
+    from benchmarks import estimate
+    from test_bench import OneSecondSteps  # one second per training step, evaluation free: the steps come out
+    lines = estimate.parse_plan(estimate.run_plan(["--model", llama_config(tmp_path / "m")]))
+    costs = estimate.grid_costs(OneSecondSteps(), lines, lambda tasks, config, n_runs, line_pack: 1, model_llama)
+    epochs = lambda task: 20 if task == "trec" else 10  # a multi-task run with TREC keeps 10
+    steps = lambda tasks: epochs(tasks) * math.ceil(sum(estimate.TASK_SIZES[t].train for t in tasks.split(",")) / 4)
+    source = costs["source prompts"]  # batch 4, 10 epochs (TREC 20), one run a pack (largest_pack: 1), 3 origins
+    assert (source.runs, source.packs, source.steps) == (33, 33, 3 * sum(map(steps, model_llama.GRID["tasks"])))
+    multi = costs["multi-task SPoT"]
+    assert (multi.runs, multi.packs, multi.steps) == (9, 9, 3 * sum(map(steps, PAIRS)))
+    few = costs["few-shot"]  # 6 targets x 10 shot counts x 15 runs (3 origins x 5 inits); 9 counts train 1,000 steps
+    assert (few.runs, few.packs, few.steps) == (6 * 10 * 15, 6 * 9 * 15, 6 * 9 * 15 * 1000)
+    assert costs["zero-shot addition"].runs == 55 * 3 and costs["cross-origin"].runs == 11 * 9
+
+
+def test_estimate_knows_the_papers_llm_shapes_without_a_download(tmp_path):
+    from benchmarks import estimate
+    family, cfg = estimate.model_config("meta-llama/Llama-3.1-8B-Instruct", str(tmp_path))
+    assert family is model_llama and (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size) == (4096, 32, 128256)
+    family, cfg = estimate.model_config("deepseek-ai/deepseek-llm-7b-chat", str(tmp_path))
+    assert family is model_llama and (cfg.num_hidden_layers, cfg.vocab_size) == (30, 102400)
+
+
+def test_estimate_times_a_llama_and_prices_its_plan(tmp_path):
+    """What ./run.sh --estimate runs (run.sh's plan into bench.py estimate --plan -), with fewer timed calls."""
+    folder = llama_config(tmp_path / "m")
+    plan = run_sh("--plan", "--quick", "--model", folder, "--origins", "0", "--loss", "answer")
+    assert plan.returncode == 0, plan.stderr
+    done = subprocess.run([sys.executable, "bench.py", "estimate", "--plan", "-", "--model", folder, "--steps", "1",
+                           "--max-rows", "4", "--device", "cpu"], input=plan.stdout, capture_output=True, text=True,
+                          cwd=HERE, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "a Llama (Llama 3, DeepSeek-LLM) model (hidden 64, 2 layers), fp32" in done.stdout
+    assert "1 origins, source tasks sst2,cola,trec, shots 0,5; 100 prompt vectors, --loss answer;" in done.stdout
+    assert "timed step: batch 4 x 1 runs, 64 source + 100 prompt" in done.stdout  # the Llama's batch of 4
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line[:1].isalpha()}
+    assert rows["source"][2:5] == ["3", "36", "3"]  # 3 runs, 3 x 12 steps (--quick's), a pack each
+    assert float(rows["total"][-1]) >= 0
