@@ -272,8 +272,9 @@ def parse_plan(text):
     return lines
 
 
-def plan_lines(args):
-    """The lines estimate prices: --plan FILE (-: stdin), else ./run.sh --plan with --model, --origins, --tasks and
+def plan_lines(args, family=model_t5):
+    """The lines estimate prices: --plan FILE (-: stdin), else ./run.sh --plan with --model, its family (the one
+    priced: a name known by its shape alone is not on this machine for run.sh to read), --origins, --tasks and
     --shots; only the few-shot groups of --transfer, when given."""
     grid = [(f"--{name}", getattr(args, name)) for name in ("origins", "tasks", "shots")]
     if args.plan:
@@ -283,8 +284,8 @@ def plan_lines(args):
         with open(args.plan) if args.plan != "-" else open(sys.stdin.fileno(), closefd=False) as f:
             lines = parse_plan(f.read())
     else:
-        lines = parse_plan(run_plan(["--model", args.model, *(word for option, value in grid if value
-                                                               for word in (option, value))]))
+        lines = parse_plan(run_plan(["--model", args.model, "--family", family.FAMILY,
+                                     *(word for option, value in grid if value for word in (option, value))]))
     return only_groups(lines, args.transfer) if args.transfer else lines
 
 
@@ -387,7 +388,7 @@ def estimate(args):
     if precision == "bf16" and common.bf16_is_emulated(device):
         sys.exit(f"bench.py estimate: {EMULATED_BF16}; estimate --precision fp32")
     family, cfg = model_config(args.model, args.models_dir)
-    lines = plan_lines(args)
+    lines = plan_lines(args, family)
     max_rows = args.max_rows or (16 if device.type == "cpu" else math.inf)
     prompt = args.prompt or common.recipe("mnli", None, family).prompt_len  # the family's, the same for every task
     losses = {line.options.get("--loss", ["full"])[-1] for line in lines if line.command == "train"}

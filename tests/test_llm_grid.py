@@ -290,3 +290,15 @@ def test_estimate_times_a_llama_and_prices_its_plan(tmp_path):
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line[:1].isalpha()}
     assert rows["source"][2:5] == ["3", "36", "3"]  # 3 runs, 3 x 12 steps (--quick's), a pack each
     assert float(rows["total"][-1]) >= 0
+
+
+def test_estimate_of_a_known_llm_name_prices_the_llm_grid_of_run_sh(tmp_path):
+    """bench.py estimate --model NAME without --plan: run.sh's plan for the family the estimate prices (the name
+    is not on this machine for run.sh to read)."""
+    import argparse
+    from benchmarks import estimate
+    args = argparse.Namespace(plan=None, origins=None, tasks=None, shots="0", transfer=None,
+                              model="meta-llama/Llama-3.1-8B-Instruct", models_dir=str(tmp_path))
+    family, _ = estimate.model_config(args.model, args.models_dir)
+    assert estimate.grid_words(estimate.plan_lines(args, family)) == (
+        f"3 origins, source tasks {','.join(model_llama.GRID['tasks'])}, shots 0")
