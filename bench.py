@@ -85,8 +85,10 @@ COMMANDS = {
         "models-dir": ("models", "where tpv.py keeps downloaded models"),
         "plan": (None, "price this plan, ./run.sh --plan's output: a file, or - for stdin (default: run "
                  "./run.sh --plan with --model, --origins, --tasks and --shots)"),
-        "origins": (None, "./run.sh --plan's --origins: 0-9, 0,3,5 or 0-2,7 (default: run.sh's, 0-9)"),
-        "tasks": (None, "./run.sh --plan's --tasks: a comma list of source tasks (default: run.sh's, the v1 grid's)"),
+        "origins": (None, "./run.sh --plan's --origins: 0-9, 0,3,5 or 0-2,7 (default: run.sh's, the family's "
+                    "grid: T5 0-9, decoder-only 0-2)"),
+        "tasks": (None, "./run.sh --plan's --tasks: a comma list of source tasks (default: run.sh's, the family's "
+                  "grid: T5 v1's 6, decoder-only the LLM runs' 11)"),
         "shots": (None, "./run.sh --plan's --shots: few-shot training set sizes (default: run.sh's, the paper's)"),
         "transfer": (None, "only these few-shot groups of the plan, 'SOURCE,SOURCE:TARGET,...' separated by spaces "
                      "(default: all of the plan's; run.sh's are the paper's)", {"type": transfer_groups}),
