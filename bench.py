@@ -21,7 +21,8 @@ estimate.py (prices the lines of ./run.sh --plan), llama.py, and common.py (what
 `step` measures forward, loss, backward to the prompt and the AdamW update in training mode (dropout 0.1, as the
 recipe trains), and reports medians over repeats. Every command that runs a model takes --device (auto: CUDA
 when there is a GPU). step, parity, eval, epoch, memory, llama-step and shared-prefix need `transformers` (pip install -r
-requirements-test.txt), which is not a run-time dependency; pack and estimate run our T5 alone, load our Llama.
+requirements-test.txt), which is not a run-time dependency; pack runs our T5 alone, estimate our T5 or Llama, load
+our Llama.
 """
 import argparse
 
@@ -96,16 +97,18 @@ COMMANDS = {
         "models-dir": ("models", "where tpv.py keeps downloaded models"),
         "plan": (None, "price this plan, ./run.sh --plan's output: a file, or - for stdin (default: run "
                  "./run.sh --plan with --model, --origins, --tasks and --shots)"),
-        "origins": (None, "./run.sh --plan's --origins: 0-9, 0,3,5 or 0-2,7 (default: run.sh's, 0-9)"),
-        "tasks": (None, "./run.sh --plan's --tasks: a comma list of source tasks (default: run.sh's, the v1 grid's)"),
+        "origins": (None, "./run.sh --plan's --origins: 0-9, 0,3,5 or 0-2,7 (default: run.sh's, the family's "
+                    "grid: T5 0-9, decoder-only 0-2)"),
+        "tasks": (None, "./run.sh --plan's --tasks: a comma list of source tasks (default: run.sh's, the family's "
+                  "grid: T5 v1's 6, decoder-only the LLM runs' 11)"),
         "shots": (None, "./run.sh --plan's --shots: few-shot training set sizes (default: run.sh's, the paper's)"),
         "transfer": (None, "only these few-shot groups of the plan, 'SOURCE,SOURCE:TARGET,...' separated by spaces "
                      "(default: all of the plan's; run.sh's are the paper's)", {"type": transfer_groups}),
         "pack": (None, "at most N runs per training step (default: the plan's --pack, else as many as fit, "
-                 "model_t5.largest_pack)", {"type": int}),
+                 "the family's largest_pack)", {"type": int}),
         "precision": ("auto", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16", {"choices": ["auto", "fp32",
                                                                                                    "bf16"]}),
-        "prompt": (50, "prompt vectors"),
+        "prompt": (None, "prompt vectors (default: the family's recipe, T5 50, decoder-only 100)", {"type": int}),
         "steps": (2, "timed calls (median) of each setting after one warm-up call"),
         "max-rows": (None, "time at most N rows (batch x pack) at once and scale linearly above (default: 16 on "
                      "the CPU, where time grows about linearly with the rows from 8 on; no limit on a GPU)",

@@ -222,6 +222,10 @@ def add_setup_commands(sub, common):
     p = sub.add_parser("info", parents=[common], help="show a model's config and parameter counts")
     p.add_argument("--model", type=runs.model_name, default=TrainConfig.model, help="a model folder or a hub name")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--grid", action="store_true", help="for run.sh: only the model's family, its options and the "
+                   "paper's grid for it, from config.json alone (nothing loaded, nothing downloaded)")
+    p.add_argument("--family", choices=sorted(families.BY_NAME), help="--grid: the family of a hub name that is not "
+                   "on this machine (default: T5); a config.json found says the family, and must agree")
     p = sub.add_parser("convert", help="write model.safetensors beside a folder's pytorch_model.bin")
     p.add_argument("dir")
     p.add_argument("--force", action="store_true", help="replace an existing model.safetensors")

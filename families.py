@@ -13,6 +13,7 @@ What every family module provides (test_tpv.py checks that each one has all of i
     NAME            how messages name the family
     PEFT_TASK_TYPE  the task type of its PEFT prompt-tuning adapters (support/interchange.py)
     OPTIONS         the command-line options only this family takes (families.check_options refuses the others)
+    GRID            run.sh's default grid for the family: {"origins": "0-2", "tasks": (...)} (tpv.py info --grid)
     recipe_defaults(task)                         -> the recipe's values for this family (train.recipe)
     load(path, device, dtype)                     -> the model, in eval mode, every weight frozen
     load_tokenizer(path)                          -> encode(text), decode(ids), and
@@ -41,8 +42,9 @@ from support import weights
 FAMILIES = {"t5": model_t5, "mt5": model_t5, "llama": model_llama}  # config.json's model_type -> module
 BY_NAME = {module.FAMILY: module for module in FAMILIES.values()}  # what prompt files record -> module
 DEFAULT = model_t5  # the paper's family: prompt files from before the Llama family hold T5 prompts
-INTERFACE = ("FAMILY", "NAME", "PEFT_TASK_TYPE", "OPTIONS", "recipe_defaults", "load", "load_tokenizer", "batch_maker",
-             "run_losses", "label_words", "predict_words", "inference_rows", "largest_pack", "describe", "tiny_model")
+INTERFACE = ("FAMILY", "NAME", "PEFT_TASK_TYPE", "OPTIONS", "GRID", "recipe_defaults", "load", "load_tokenizer",
+             "batch_maker", "run_losses", "label_words", "predict_words", "inference_rows", "largest_pack", "describe",
+             "tiny_model")
 
 
 class FamilyError(ValueError):

@@ -502,6 +502,10 @@ def load_tokenizer(path):
 
 FAMILY, NAME, PEFT_TASK_TYPE = "llama", "Llama (Llama 3, DeepSeek-LLM)", "CAUSAL_LM"
 OPTIONS = ("checkpointing", "loss")  # recompute layers in the backward; the loss over the chat text or the answer
+# run.sh's defaults: the paper's LLM runs (v3, Llama-3.1-8B-Instruct and DeepSeek-LLM-7B-Chat): 3 origins, and the
+# tasks of its LLM cross-origin table that tpv has (all but SQuADv2 and MATH; v2's Llama runs had the first 6)
+GRID = {"origins": "0-2", "tasks": ("mnli", "qnli", "sst2", "yelp_polarity", "dbpedia", "trec", "qqp", "mrpc", "rte",
+                                    "cola", "stsb")}
 load = load_llama
 
 

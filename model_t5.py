@@ -484,6 +484,8 @@ def load_tokenizer(path):
 
 FAMILY, NAME, PEFT_TASK_TYPE = "t5", "T5", "SEQ_2_SEQ_LM"
 OPTIONS = ("dropout",)  # the paper trained with T5's dropout (0.1); --dropout 0 for exact comparisons
+# run.sh's defaults: the paper's v1 T5 grid (paper §6): 10 origins, its 6 source tasks
+GRID = {"origins": "0-9", "tasks": ("mnli", "qnli", "sst2", "yelp_polarity", "dbpedia", "trec")}
 load = load_t5
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Reproduces the paper's T5 experiments (v1 grid) by calling tpv.py, then writes results/README.md.
+# Reproduces the paper's experiments by calling tpv.py, then writes results/README.md: the v1 grid of T5, or the
+# grid of the LLM runs (v3) for a decoder-only --model.
 #
 #   ./run.sh                                    # t5-base, origins 0-9, 6 source and 6 target tasks
+#   ./run.sh --model meta-llama/Llama-3.1-8B-Instruct --family llama   # origins 0-2, 11 source tasks
 #   ./run.sh --origins 0,1,2 --jobs 4           # fewer origins; 4 packs at a time, one GPU each
 #   ./run.sh --quick                            # a minutes-long smoke version: tiny random T5, dataset samples
 #   ./run.sh --plan                             # the grid as commands, one a line, to run anywhere
@@ -11,11 +13,17 @@
 # or a target task with one shot count on every origin from each of the five initialisations, sharing its steps.
 #
 # Options:
-#   --origins LIST   origins 0..9, a comma list of numbers and ranges A-B with A <= B, e.g. 0-2,5 (default 0-9)
-#   --tasks LIST     source tasks (default mnli,qnli,sst2,yelp_polarity,dbpedia,trec); the few-shot transfer
-#                    runs for the paper's source pairs that are both in the list
+#   --origins LIST   origins 0..9, a comma list of numbers and ranges A-B with A <= B, e.g. 0-2,5 (default: the
+#                    model family's grid: T5 0-9, decoder-only 0-2)
+#   --tasks LIST     source tasks (default: the family's grid: T5 mnli,qnli,sst2,yelp_polarity,dbpedia,trec;
+#                    decoder-only those and qqp,mrpc,rte,cola,stsb); the few-shot transfer runs for the paper's
+#                    source pairs that are both in the list
 #   --shots LIST     few-shot training set sizes, integers >= 0 (default 0,5,10,25,50,100,250,500,750,1000)
-#   --model NAME     a model folder or a hub name (default t5-base)
+#   --model NAME     a model folder or a hub name (default t5-base); its family (config.json's model_type) picks
+#                    the grid's defaults and the recipe (see "The model's family" below)
+#   --family NAME    the family of a hub name that is not downloaded yet: t5 (default) or llama
+#   --loss MODE      decoder-only models: the training loss, full (default: the whole chat text, as the paper's
+#                    runs) or answer (tpv.py train --loss)
 #   --pack N         at most N runs share a training step; a pack with more runs trains them N at a time
 #                    (default: tpv.py train's estimate from the memory)
 #   --jobs N         packs (and additions) at a time, one GPU each when there are GPUs (default 1)
@@ -35,9 +43,16 @@
 #                    which tpv.py saves its checkpoint: run submit.sh again to resume
 #   --estimate       time a few packed training steps of --model here and print the device-hours of the
 #                    commands --plan prints (python bench.py estimate --plan -; no data needed, nothing downloaded;
-#                    --quick: of the tiny T5, which it writes first when it is not there)
+#                    --quick: of the tiny T5, which it writes first when it is not there); --model's config.json,
+#                    or the shape of a name bench.py knows (t5-base, Llama-3.1-8B-Instruct, deepseek-llm-7b-chat)
 #   -h, --help       this text
 #
+# The model's family: run.sh asks tpv.py once (python tpv.py info --grid: config.json alone, nothing loaded or
+# downloaded) where it can see the model's config.json (a folder, or a hub name downloaded into models/), or when
+# --family or --loss is given; a hub name not downloaded yet (or only in the Hugging Face cache) is taken for T5
+# unless --family says otherwise, and tpv.py checks --family against the config.json it finds. The family gives
+# the grid's defaults (--origins, --tasks: its GRID) and the options it takes; every tpv.py train picks the
+# family's recipe itself (decoder-only: 100 prompt vectors, batch 4, cosine schedule, 10 epochs; docs/llama.md).
 # Relative paths you give (options, $TPV_DATA) are relative to the folder you run run.sh from; the defaults
 # are in run.sh's folder.
 # Any path may hold spaces. $PYTHON (default python) is the one program that runs tpv.py.
@@ -79,7 +94,7 @@ die() {  # die STATUS MESSAGE: one line on stderr (a newline in a value shows as
 }
 
 ORIGINS="" SOURCES="" SHOTS="" MODEL="" PACK="" JOBS="" OUT="" RESULTS="" DATA_DIR=${TPV_DATA-} SAMPLES=""
-QUICK=0 MODE="" PARTITION="" TIME=""
+QUICK=0 MODE="" PARTITION="" TIME="" FAMILY="" LOSS=""
 PYTHON=${PYTHON:-python}
 while [ $# -gt 0 ]; do
   option=$1 value=${2-}
@@ -93,6 +108,8 @@ while [ $# -gt 0 ]; do
     --tasks) SOURCES=$value ;;
     --shots) SHOTS=$value ;;
     --model) MODEL=$value ;;
+    --family) FAMILY=$value ;;
+    --loss) LOSS=$value ;;
     --pack) PACK=$value ;;
     --jobs) JOBS=$value ;;
     --out) OUT=$value ;;
@@ -120,29 +137,24 @@ HERE=$PWD  # absolute: what the Slurm scripts go back to
 if [ "$QUICK" = 1 ]; then
   : "${ORIGINS:=0-1}" "${SOURCES:=sst2,cola,trec}" "${SHOTS:=0,5}"
   TRANSFER=("sst2,cola:rte")  # tasks whose samples hold a train and a held-out split
-else
-  : "${ORIGINS:=0-9}" "${SOURCES:=mnli,qnli,sst2,yelp_polarity,dbpedia,trec}"
+else  # --origins and --tasks: the family's grid, below
   : "${SHOTS:=0,5,10,25,50,100,250,500,750,1000}"
   # few-shot groups (paper §6b): two source tasks -> their target tasks
   TRANSFER=("mnli,qnli:scitail,snli" "dbpedia,trec:ag_news,yahoo" "sst2,yelp_polarity:imdb,sst5")
 fi
 : "${JOBS:=1}" "${OUT:=runs}" "${RESULTS:=results}" "${DATA_DIR:=data_cache}" "${SAMPLES:=../shared/data}"
+TINY=0  # 1: --model is --quick's random tiny T5, which run.sh writes
+if [ "$QUICK" = 1 ] && [ -z "$MODEL" ]; then MODEL=$OUT/tiny-t5; TINY=1; fi
+: "${MODEL:=t5-base}"
 
 # Check every value before anything runs. Whole-list patterns also catch empty items (0,,1) and newlines.
 # JOBS and PACK have at most 4 digits: bash arithmetic would wrap a huge number around to a negative one.
 [[ $JOBS =~ ^[1-9][0-9]{0,3}$ ]] || die 2 "--jobs must be an integer from 1 to 9999, got '$JOBS'"
 [[ -z $PACK || $PACK =~ ^[1-9][0-9]{0,3}$ ]] || die 2 "--pack must be an integer from 1 to 9999, got '$PACK'"
-[[ $ORIGINS =~ ^[0-9](-[0-9])?(,[0-9](-[0-9])?)*$ ]] ||
-  die 2 "--origins must be a comma list of origins 0..9 and ranges A-B, got '$ORIGINS'"
-# task names become file names and parts of run names (a,b is multi-task, a+b a sum): letters, digits and _
-[[ $SOURCES =~ ^[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*$ ]] ||
-  die 2 "--tasks must be a comma list of task names (letters, digits, _), got '$SOURCES'"
-# tpv.py's tasks (data/tasks.py; test_hostile_inputs.py checks that the lists agree): a task tpv does not know is
-# refused here, before the first command, not by each of the grid's commands
-KNOWN_TASKS=" mnli qnli sst2 yelp_polarity dbpedia trec scitail snli ag_news yahoo imdb sst5 qqp mrpc rte cola stsb "
-for task in ${SOURCES//,/ }; do
-  [[ $KNOWN_TASKS == *" $task "* ]] || die 2 "--tasks: unknown task '$task'; known tasks:${KNOWN_TASKS% }"
-done
+[[ -z $LOSS || $LOSS =~ ^(full|answer)$ ]] || die 2 "--loss must be full or answer, got '$LOSS'"  # instruct.LOSSES
+[[ -z $FAMILY || $FAMILY =~ ^[a-z0-9]+$ ]] ||
+  die 2 "--family must be a family's name, such as t5 or llama, got '$FAMILY'"
+[[ -z $FAMILY || $TINY = 0 ]] || die 2 "--family: --quick's own model is a tiny T5; for another family give --model"
 [[ $SHOTS =~ ^(0|[1-9][0-9]*)(,(0|[1-9][0-9]*))*$ ]] ||
   die 2 "--shots must be a comma list of integers >= 0, got '$SHOTS'"
 # the Slurm values go into #SBATCH lines as they are: nothing there may need quoting
@@ -165,6 +177,46 @@ fi
 for pair in "--out:$OUT" "--results:$RESULTS" "--data-dir:$DATA_DIR"; do  # folders tpv.py writes into
   folder=${pair#*:}
   [ ! -e "$folder" ] || [ -d "$folder" ] || die 2 "${pair%%:*}: $folder is a file, not a folder; choose another path"
+done
+
+# The model's family (see --help): the one place run.sh asks tpv.py what the model is. Without a config.json to
+# read, --family or --loss, it does not ask: the model is taken for T5, and these defaults are T5's GRID
+# (model_t5.GRID; tests/test_llm_grid.py checks that they agree).
+GRID_ORIGINS=0-9 GRID_TASKS=mnli,qnli,sst2,yelp_polarity,dbpedia,trec
+models=${TPV_MODELS:-models}  # where tpv.py downloads a hub name
+if [ -n "$FAMILY$LOSS" ] || { [ "$TINY" = 0 ] && [ -f "$MODEL/config.json" -o -f "$models/$MODEL/config.json" ]; }
+then
+  hint=()
+  [ -z "$FAMILY" ] || hint=(--family "$FAMILY")
+  [ "$TINY" = 0 ] || hint=(--family t5)  # the tiny T5 run.sh writes, perhaps not written yet
+  facts=$("$PYTHON" tpv.py info --grid --model "$MODEL" "${hint[@]}" 2>&1) || {
+    facts=${facts#tpv: error: }; die 2 "${facts% (see: python tpv.py info --help)}"; }
+  name="" source="" options=""
+  while read -r key value; do
+    case $key in
+      name) name=$value ;; source) source=$value ;; options) options=" $value " ;;
+      origins) GRID_ORIGINS=$value ;; tasks) GRID_TASKS=$value ;;
+    esac
+  done <<< "$facts"
+  case $source in  # how tpv.py knows the family
+    config.json) source="its config.json" ;; --family) source="--family" ;;
+    *) source="a hub name not downloaded yet is taken for one; --family names another family" ;;
+  esac
+  [ "$TINY" = 0 ] || source="--quick's own model"
+  [[ -z $LOSS || $options == *" loss "* ]] ||
+    die 2 "--loss is not an option of $name models, and $MODEL is one ($source); drop it"
+fi
+: "${ORIGINS:=$GRID_ORIGINS}" "${SOURCES:=$GRID_TASKS}"
+[[ $ORIGINS =~ ^[0-9](-[0-9])?(,[0-9](-[0-9])?)*$ ]] ||
+  die 2 "--origins must be a comma list of origins 0..9 and ranges A-B, got '$ORIGINS'"
+# task names become file names and parts of run names (a,b is multi-task, a+b a sum): letters, digits and _
+[[ $SOURCES =~ ^[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*$ ]] ||
+  die 2 "--tasks must be a comma list of task names (letters, digits, _), got '$SOURCES'"
+# tpv.py's tasks (data/tasks.py; test_hostile_inputs.py checks that the lists agree): a task tpv does not know is
+# refused here, before the first command, not by each of the grid's commands
+KNOWN_TASKS=" mnli qnli sst2 yelp_polarity dbpedia trec scitail snli ag_news yahoo imdb sst5 qqp mrpc rte cola stsb "
+for task in ${SOURCES//,/ }; do
+  [[ $KNOWN_TASKS == *" $task "* ]] || die 2 "--tasks: unknown task '$task'; known tasks:${KNOWN_TASKS% }"
 done
 no_duplicates() {  # no_duplicates OPTION ITEM...: a run listed twice would be trained twice, at once with --jobs > 1
   local option=$1 duplicates; shift
@@ -196,14 +248,12 @@ done
 
 EXTRA=()  # options every training run gets
 SCORING=()  # options every evaluation gets
-TINY=0  # 1: --model is --quick's random tiny T5, which run.sh writes
-SPIECE=$SAMPLES/../assets/t5-spiece.model  # its vocabulary
+SPIECE=$SAMPLES/../assets/t5-spiece.model  # the tiny T5's vocabulary
 if [ "$QUICK" = 1 ]; then
   EXTRA=(--max-steps 12 --eval-every 6 --warmup 2 --log-every 6 --scoring rank)
   SCORING=(--scoring rank)  # a random tiny model never stops generating: rank the label words instead
-  [ -n "$MODEL" ] || { MODEL=$OUT/tiny-t5; TINY=1; }
 fi
-: "${MODEL:=t5-base}"
+[ -z "$LOSS" ] || EXTRA+=(--loss "$LOSS")
 COMMON=(--model "$MODEL" --out "$OUT" --data-dir "$DATA_DIR")
 PACKING=()
 [ -z "$PACK" ] || PACKING=(--pack "$PACK")

@@ -218,6 +218,10 @@ def cmd_prepare(args):
 
 
 def cmd_info(args):
+    if args.grid:
+        return print_grid(args)
+    if args.family:
+        raise families.FamilyError("--family goes with --grid (info reads the family from config.json)")
     path = hub.resolve_model(args.model, args.models_dir, allow_download=not args.offline)
     model = families.load(path, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     table = model.input_embedding()  # T5 keeps it in fp32 whatever the dtype (model_t5.FLOAT32_WEIGHTS)
@@ -225,6 +229,30 @@ def cmd_info(args):
           f"dtype      {model.dtype}" + (f" (input embedding {table.dtype})" if table.dtype != model.dtype else ""))
     print("config     " + ", ".join(f"{k}={v}" for k, v in model.config.to_dict().items()))
     print("\n".join(families.of(model).describe(model)))
+
+
+def print_grid(args):
+    """What run.sh asks before it builds its grid, as lines of `KEY VALUE`: the model's family, its family-only
+    options and the paper's grid for it (the family's GRID). The family comes from the model's config.json where
+    tpv finds one without downloading (a folder, models/NAME, the Hugging Face cache), else from --family, else a
+    hub name is taken for the default family (T5, the paper's); nothing is loaded."""
+    has_config = lambda folder: os.path.isfile(os.path.join(folder, "config.json"))
+    found = hub.find_local(args.model, args.models_dir, has_config)
+    if found:
+        family = families.at(found)
+        if args.family and families.BY_NAME[args.family] is not family:
+            raise families.FamilyError(f"{args.model} is a {family.NAME} model (its config.json), not --family "
+                                       f"{args.family}")
+    elif args.family:
+        family = families.BY_NAME[args.family]
+    elif hub.is_hub_name(args.model):
+        family = families.DEFAULT
+    else:
+        raise hub.DownloadError(f"{args.model}: no such model folder, and not a hub name like t5-base or "
+                                f"meta-llama/Llama-3.1-8B-Instruct")
+    print(f"family {family.FAMILY}\nname {family.NAME}\nsource "
+          f"{'config.json' if found else '--family' if args.family else 'default'}\norigins {family.GRID['origins']}"
+          f"\ntasks {','.join(family.GRID['tasks'])}\noptions {' '.join(family.OPTIONS)}")
 
 
 def cmd_convert(args):

@@ -16,6 +16,7 @@ import torch
 # modules use them as common.NAME): when the training code moves, only these lines change.
 import data
 import evaluation
+import families
 import model_llama
 import model_t5
 import prompts
@@ -23,13 +24,14 @@ from data import instruct
 from experiments import LAMBDAS
 from support import hub, weights
 from support.devices import autocast_for, bf16_is_emulated, memory_budget, resolve_precision, weights_dtype
-from train import clip_per_run, forward_backward, recipe
+from train import clip_per_run, forward_backward, recipe, validation_interval
 
 
-def largest_pack(cfg, batch_size, source_len, target_len, precision, device):
-    """The most T5 runs whose packed step fits the memory budget, as tpv.py train's default --pack."""
-    return model_t5.largest_pack(cfg, batch_size, source_len, target_len, weights_dtype(precision, device),
-                                 memory_budget(device))
+def largest_pack(cfg, batch_size, source_len, target_len, precision, device, family=model_t5):
+    """The most runs whose packed step fits the memory budget, as tpv.py train's default --pack (the family's
+    largest_pack)."""
+    return family.largest_pack(cfg, batch_size, source_len, target_len, weights_dtype(precision, device),
+                               memory_budget(device))
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench.py")  # for fresh processes
 SHAPES = {  # the published configs' shapes (weights are random)
@@ -82,6 +84,35 @@ def random_t5(cfg, device, precision="fp32"):
     torch.manual_seed(0)
     model = model_t5.T5(cfg).requires_grad_(False).to(device).train()
     return model.to_dtype(weights_dtype(precision, device))
+
+
+def random_llama(cfg, device, precision="fp32"):
+    """Our Llama with random weights of a config, frozen, in the dtype tpv.py loads it in for this precision: built
+    without memory (weights.build) and each weight made in place on the device, as load_llama fills it (an 8B
+    model is never whole in fp32 on the CPU): norm scales 1, the rest N(0, 0.02)."""
+    torch.manual_seed(0)
+    model, dtype = weights.build(model_llama.Llama, cfg), weights_dtype(precision, device)
+    for name, p in list(model.named_parameters()):  # a tied head is listed once, as the embedding
+        owner, attr = name.rsplit(".", 1)
+        value = torch.empty(p.shape, dtype=dtype, device=device)
+        if "norm" in owner:
+            value.fill_(1.0)
+        else:
+            value.normal_(0.0, 0.02)
+        setattr(model.get_submodule(owner), attr, torch.nn.Parameter(value, requires_grad=False))
+    model.tie_weights()
+    return model.train()
+
+
+def random_causal_batch(examples, prefix_len, answer_len, vocab_size, device, loss="full", seed=0):
+    """A decoder-only batch of random token ids (data.collate_causal's keys, no padding): each row a chat prefix
+    of prefix_len tokens and an answer of answer_len; labels the ids (--loss full) or the answer's alone (answer)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, min(32000, vocab_size), (examples, prefix_len + answer_len), generator=g)
+    labels = ids.clone()
+    if loss == "answer":
+        labels[:, :prefix_len] = -100
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device)}
 
 
 def random_batch(examples, source_len, target_len, vocab_size, device, seed=0):
