@@ -52,20 +52,21 @@ def hf_config(family):
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    """family -> folder of a tiny random checkpoint written by transformers' save_pretrained."""
-    from transformers import T5ForConditionalGeneration
-    folders = {}
-    for i, family in enumerate(FAMILIES):
-        torch.manual_seed(i)
-        hf = T5ForConditionalGeneration(hf_config(family))
-        with torch.no_grad():  # random layer norm scales, so that a wrong norm cannot hide behind ones
-            for name, p in hf.named_parameters():
-                if "layer_norm" in name:
-                    p.uniform_(0.5, 1.5)
-        folders[family] = str(tmp_path_factory.mktemp(family.replace(".", "_")))
-        hf.save_pretrained(folders[family])
-    return folders
+def checkpoints(built_once):
+    """family -> folder of a tiny random checkpoint written by transformers' save_pretrained (one copy for all test
+    processes: the tests read them, or copy them to change them)."""
+    def build(root):
+        from transformers import T5ForConditionalGeneration
+        for i, family in enumerate(FAMILIES):
+            torch.manual_seed(i)
+            hf = T5ForConditionalGeneration(hf_config(family))
+            with torch.no_grad():  # random layer norm scales, so that a wrong norm cannot hide behind ones
+                for name, p in hf.named_parameters():
+                    if "layer_norm" in name:
+                        p.uniform_(0.5, 1.5)
+            hf.save_pretrained(root / family.replace(".", "_"))
+    root = built_once("checkpoints", build)
+    return {family: str(root / family.replace(".", "_")) for family in FAMILIES}
 
 
 def load_hf(folder, dtype=torch.float32):
@@ -1015,19 +1016,21 @@ from support import devices, resume  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """A tiny random T5 with T5's real vocabulary, and the SST-2 and RTE samples prepared."""
+def tiny(built_once):
+    """A tiny random T5 with T5's real vocabulary, and the SST-2 and RTE samples prepared (one copy for all test
+    processes: the tests read it)."""
     if not os.path.isdir(SHARED):
         pytest.skip("../shared (dataset samples, T5 vocabulary) is not beside this checkout")
-    from transformers import T5Config, T5ForConditionalGeneration
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                        decoder_start_token_id=0)).save_pretrained(root / "model")
-    (root / "model" / "spiece.model").write_bytes(open(SPIECE, "rb").read())
-    for name in ("sst2", "rte"):
-        data.prepare(data.get_task(name), sample(name), str(root / "data"))
-    return root
+
+    def build(root):
+        from transformers import T5Config, T5ForConditionalGeneration
+        torch.manual_seed(0)
+        T5ForConditionalGeneration(T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                            decoder_start_token_id=0)).save_pretrained(root / "model")
+        (root / "model" / "spiece.model").write_bytes(open(SPIECE, "rb").read())
+        for name in ("sst2", "rte"):
+            data.prepare(data.get_task(name), sample(name), str(root / "data"))
+    return built_once("tiny", build)
 
 
 def train_args(tiny, out, *extra):
@@ -1738,22 +1741,23 @@ def test_export_loads_in_peft_and_import_round_trips(tiny, tmp_path):
 # bad inputs at the command line: one line and exit status 2 (or the better outcome), and no file changed
 
 @pytest.fixture(scope="session")
-def finished(tiny, tmp_path_factory):
+def finished(tiny, built_once):
     """Runs as a user leaves them: sst2 and rte trained on origin 0, and an sst2 run whose final evaluation was
-    interrupted (its checkpoint is all that is left)."""
-    out = tmp_path_factory.mktemp("finished")
-    quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
-    for task in ("sst2", "rte"):
-        tpv.main(train_args(tiny, out, *quick)[:1] + [task] + train_args(tiny, out, *quick)[2:])
-    real = evaluation.evaluate_all
-    evaluation.evaluate_all = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl-C in the test evaluation
-    try:
-        with pytest.raises(SystemExit):
-            tpv.main(train_args(tiny, out, *quick, "--name", "killed"))
-    finally:
-        evaluation.evaluate_all = real
-    assert os.path.exists(checkpoint_file(out, "origin_0/killed")) and not os.path.exists(run_file(out, "killed.json"))
-    return out
+    interrupted (its checkpoint is all that is left). One copy for all test processes: the tests copy it."""
+    def build(out):
+        quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
+        for task in ("sst2", "rte"):
+            tpv.main(train_args(tiny, out, *quick)[:1] + [task] + train_args(tiny, out, *quick)[2:])
+        real = evaluation.evaluate_all  # Ctrl-C in the test evaluation:
+        evaluation.evaluate_all = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        try:
+            with pytest.raises(SystemExit):
+                tpv.main(train_args(tiny, out, *quick, "--name", "killed"))
+        finally:
+            evaluation.evaluate_all = real
+        assert os.path.exists(checkpoint_file(out, "origin_0/killed"))
+        assert not os.path.exists(run_file(out, "killed.json"))
+    return built_once("finished", build)
 
 
 def snapshot(folder):
