@@ -1015,10 +1015,27 @@ import model_llama  # noqa: E402
 from support import devices, resume  # noqa: E402
 
 
+def thinned_sample(task, folder, rows, files=None):
+    """folder/TASK: the task's sample with the files named in `files` (all by default) cut to their first line (a
+    header, where the file has one) and every k-th row of the rest, `rows` to twice as many (spread over the
+    file, so that every label stays); the other files as they are. The same files through the same code, with
+    fewer rows to evaluate."""
+    os.makedirs(folder / task)
+    for name in os.listdir(sample(task)):
+        with open(os.path.join(sample(task), name), encoding="utf-8") as f:
+            lines = f.readlines()
+        if files is None or name in files:
+            lines = lines[:1] + lines[1::max(1, (len(lines) - 1) // rows)]
+        with open(folder / task / name, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+    return folder / task
+
+
 @pytest.fixture(scope="session")
 def tiny(built_once):
-    """A tiny random T5 with T5's real vocabulary, and the SST-2 and RTE samples prepared (one copy for all test
-    processes: the tests read it)."""
+    """A tiny random T5 with T5's real vocabulary, and the SST-2 and RTE samples prepared, their held-out file
+    (dev.tsv: SST-2's test split, RTE's validation and test) cut to a hundred-odd rows: every run's final
+    evaluation reads it, and no test here needs more (one copy for all test processes: the tests read it)."""
     if not os.path.isdir(SHARED):
         pytest.skip("../shared (dataset samples, T5 vocabulary) is not beside this checkout")
 
@@ -1029,7 +1046,8 @@ def tiny(built_once):
                                             decoder_start_token_id=0)).save_pretrained(root / "model")
         (root / "model" / "spiece.model").write_bytes(open(SPIECE, "rb").read())
         for name in ("sst2", "rte"):
-            data.prepare(data.get_task(name), sample(name), str(root / "data"))
+            thinned = thinned_sample(name, root / "samples", 100, files=["dev.tsv"])
+            data.prepare(data.get_task(name), str(thinned), str(root / "data"))
     return built_once("tiny", build)
 
 
@@ -1947,27 +1965,14 @@ def test_better_outcomes_of_odd_inputs(finished, tiny, tmp_path, capsys):
     assert not os.path.exists(run_file(out, "again.safetensors.lock"))
 
 
-def thinned_samples(folder, tasks, rows=40):
-    """folder/data/TASK: every file of the task's sample with its first line (a header, where the file has one) and
-    about `rows` rows spread over the rest (every k-th, so every label stays), and folder/assets beside it, as
-    run.sh --samples expects. The same files through the same commands, with a tenth of the rows to evaluate."""
-    os.makedirs(folder / "data")
-    os.symlink(os.path.join(SHARED, "assets"), folder / "assets")
-    for task in tasks:
-        os.makedirs(folder / "data" / task)
-        for name in os.listdir(sample(task)):
-            with open(os.path.join(sample(task), name), encoding="utf-8") as f:
-                lines = f.readlines()
-            with open(folder / "data" / task / name, "w", encoding="utf-8") as f:
-                f.writelines(lines[:1] + lines[1::max(1, (len(lines) - 1) // rows)])
-    return folder / "data"
-
-
 @needs_shared
 def test_run_sh_quick_end_to_end_and_restartable(tmp_path):
     """run.sh --quick runs the whole grid into a report with every section, and a second run.sh trains again only
     the pack that lost a run. The samples are thinned: what is checked is the grid and the report, not scores."""
-    samples = thinned_samples(tmp_path / "samples", ("sst2", "cola", "rte"))
+    samples = tmp_path / "samples" / "data"  # run.sh --quick reads T5's vocabulary from samples/../assets
+    for task in ("sst2", "cola", "rte"):
+        thinned_sample(task, samples, 40)
+    os.symlink(os.path.join(SHARED, "assets"), tmp_path / "samples" / "assets")
     # two source tasks: every section of the report, with one pair to add where --quick's three tasks have three
     options = ["--quick", "--tasks", "sst2,cola", "--out", str(tmp_path / "runs"),
                "--results", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data"), "--samples", str(samples),
