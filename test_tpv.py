@@ -1212,18 +1212,28 @@ def interrupt_then_resume(tiny, out, sig, *extra, labels=("origin_0/sst2",)):
     return process.returncode, stderr
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_run(tiny, built_once):
+    """interrupt_then_resume's run trained without a signal, in this process (one copy for all test processes)."""
+    return built_once("uninterrupted_run", lambda out: tpv.main(train_args(tiny, out, "--max-steps", "160")))
+
+
 @pytest.mark.usefixtures("cli_in_process")
-def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
-    reference = run_cli(*train_args(tiny, tmp_path / "a", "--max-steps", "160"))
-    assert reference.returncode == 0, reference.stderr
-    code, _ = interrupt_then_resume(tiny, tmp_path / "b", signal.SIGKILL)
+def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, uninterrupted_run, tmp_path):
+    code, _ = interrupt_then_resume(tiny, tmp_path, signal.SIGKILL)
     assert code == -signal.SIGKILL
-    a, _, _ = prompts.load_prompt(run_file(tmp_path / "a", "sst2.safetensors"))
-    b, _, _ = prompts.load_prompt(run_file(tmp_path / "b", "sst2.safetensors"))
+    a, _, _ = prompts.load_prompt(run_file(uninterrupted_run, "sst2.safetensors"))
+    b, _, _ = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
     assert torch.equal(a, b)
-    code, stderr = interrupt_then_resume(tiny, tmp_path / "c", signal.SIGINT)  # Ctrl-C saves, then leaves
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_sigint_saves_and_resume_gives_a_bit_identical_prompt(tiny, uninterrupted_run, tmp_path):
+    """Ctrl-C saves, then leaves with exit status 2 and a line naming --resume."""
+    code, stderr = interrupt_then_resume(tiny, tmp_path, signal.SIGINT)
     assert code == 2 and "interrupted at step" in stderr and "--resume" in stderr
-    c, _, _ = prompts.load_prompt(run_file(tmp_path / "c", "sst2.safetensors"))
+    a, _, _ = prompts.load_prompt(run_file(uninterrupted_run, "sst2.safetensors"))
+    c, _, _ = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
     assert torch.equal(a, c)
 
 
