@@ -412,6 +412,9 @@ def run_cli(*args, env=None):
                           env={**os.environ, **(env or {})}, cwd=HERE, timeout=300)
 
 
+tpv_process = run_cli  # a real `python tpv.py`, also in a test where cli_in_process runs run_cli in this process
+
+
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -1733,6 +1736,7 @@ def test_experiment_commands_end_to_end(tiny, tmp_path):
     assert result.returncode == 2 and "unreadable safetensors file" in result.stderr
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_export_loads_in_peft_and_import_round_trips(tiny, tmp_path):
     from peft import PeftModel
     from transformers import T5ForConditionalGeneration
@@ -1761,7 +1765,8 @@ def test_export_loads_in_peft_and_import_round_trips(tiny, tmp_path):
         assert run_cli("import", str(tmp_path / name), "--task", name[:-4], *base).returncode == 0
         assert torch.equal(prompts.load_prompt(run_file(tmp_path, name[:-4] + ".safetensors"))[0], tuned)
     (tmp_path / "evil.bin").write_bytes(b"\x80\x04cos\nsystem\n(S'echo hacked'\ntR.")  # a pickle that runs code
-    result = run_cli("import", str(tmp_path / "evil.bin"), "--task", "evil", *base)
+    # in a process of its own: its `echo` would write to the process's stdout, which only a process captures
+    result = tpv_process("import", str(tmp_path / "evil.bin"), "--task", "evil", *base)
     assert result.returncode == 2 and "not an official prompt file" in result.stderr and "hacked" not in result.stdout
 
 
