@@ -14,7 +14,9 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import io  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -45,3 +47,30 @@ def cli_in_process(request, monkeypatch):
                     print(e.code, file=sys.stderr)
         return subprocess.CompletedProcess([sys.executable, "tpv.py", *args], code, out.getvalue(), err.getvalue())
     monkeypatch.setattr(request.module, "run_cli", run_cli)
+
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory):
+    """built_once(name, build) -> the folder `name`, built once for the whole test command however many test
+    processes ask for it (-n auto starts one per core, and each would build its own session fixtures). It lies in
+    the temporary folder that the processes of one pytest command share (with xdist, each process's base
+    temporary folder is in it). The first to take name.lock calls build(folder); the others wait for the lock,
+    then find the folder and the mark of a finished build. A build that failed half way left no mark, and is
+    started again from an empty folder. For the session fixtures the tests only read, or copy before they change
+    anything."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+
+    def once(name, build):
+        folder, built = base / name, base / f"{name}.built"
+        with open(base / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+            if not built.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                build(folder)
+                built.touch()
+        return folder
+    return once

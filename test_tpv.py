@@ -52,20 +52,21 @@ def hf_config(family):
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    """family -> folder of a tiny random checkpoint written by transformers' save_pretrained."""
-    from transformers import T5ForConditionalGeneration
-    folders = {}
-    for i, family in enumerate(FAMILIES):
-        torch.manual_seed(i)
-        hf = T5ForConditionalGeneration(hf_config(family))
-        with torch.no_grad():  # random layer norm scales, so that a wrong norm cannot hide behind ones
-            for name, p in hf.named_parameters():
-                if "layer_norm" in name:
-                    p.uniform_(0.5, 1.5)
-        folders[family] = str(tmp_path_factory.mktemp(family.replace(".", "_")))
-        hf.save_pretrained(folders[family])
-    return folders
+def checkpoints(built_once):
+    """family -> folder of a tiny random checkpoint written by transformers' save_pretrained (one copy for all test
+    processes: the tests read them, or copy them to change them)."""
+    def build(root):
+        from transformers import T5ForConditionalGeneration
+        for i, family in enumerate(FAMILIES):
+            torch.manual_seed(i)
+            hf = T5ForConditionalGeneration(hf_config(family))
+            with torch.no_grad():  # random layer norm scales, so that a wrong norm cannot hide behind ones
+                for name, p in hf.named_parameters():
+                    if "layer_norm" in name:
+                        p.uniform_(0.5, 1.5)
+            hf.save_pretrained(root / family.replace(".", "_"))
+    root = built_once("checkpoints", build)
+    return {family: str(root / family.replace(".", "_")) for family in FAMILIES}
 
 
 def load_hf(folder, dtype=torch.float32):
@@ -409,6 +410,9 @@ def test_pickle_checkpoint_is_refused_then_converted(checkpoints, tmp_path):
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, os.path.join(HERE, "tpv.py"), *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=HERE, timeout=300)
+
+
+tpv_process = run_cli  # a real `python tpv.py`, also in a test where cli_in_process runs run_cli in this process
 
 
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
@@ -1014,20 +1018,40 @@ import model_llama  # noqa: E402
 from support import devices, resume  # noqa: E402
 
 
+def thinned_sample(task, folder, rows, files=None):
+    """folder/TASK: the task's sample with the files named in `files` (all by default) cut to their first line (a
+    header, where the file has one) and every k-th row of the rest, `rows` to twice as many (spread over the
+    file, so that every label stays); the other files as they are. The same files through the same code, with
+    fewer rows to evaluate."""
+    os.makedirs(folder / task)
+    for name in os.listdir(sample(task)):
+        with open(os.path.join(sample(task), name), encoding="utf-8") as f:
+            lines = f.readlines()
+        if files is None or name in files:
+            lines = lines[:1] + lines[1::max(1, (len(lines) - 1) // rows)]
+        with open(folder / task / name, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+    return folder / task
+
+
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """A tiny random T5 with T5's real vocabulary, and the SST-2 and RTE samples prepared."""
+def tiny(built_once):
+    """A tiny random T5 with T5's real vocabulary, and the SST-2 and RTE samples prepared, their held-out file
+    (dev.tsv: SST-2's test split, RTE's validation and test) cut to a hundred-odd rows: every run's final
+    evaluation reads it, and no test here needs more (one copy for all test processes: the tests read it)."""
     if not os.path.isdir(SHARED):
         pytest.skip("../shared (dataset samples, T5 vocabulary) is not beside this checkout")
-    from transformers import T5Config, T5ForConditionalGeneration
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                        decoder_start_token_id=0)).save_pretrained(root / "model")
-    (root / "model" / "spiece.model").write_bytes(open(SPIECE, "rb").read())
-    for name in ("sst2", "rte"):
-        data.prepare(data.get_task(name), sample(name), str(root / "data"))
-    return root
+
+    def build(root):
+        from transformers import T5Config, T5ForConditionalGeneration
+        torch.manual_seed(0)
+        T5ForConditionalGeneration(T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                            decoder_start_token_id=0)).save_pretrained(root / "model")
+        (root / "model" / "spiece.model").write_bytes(open(SPIECE, "rb").read())
+        for name in ("sst2", "rte"):
+            thinned = thinned_sample(name, root / "samples", 100, files=["dev.tsv"])
+            data.prepare(data.get_task(name), str(thinned), str(root / "data"))
+    return built_once("tiny", build)
 
 
 def train_args(tiny, out, *extra):
@@ -1191,18 +1215,28 @@ def interrupt_then_resume(tiny, out, sig, *extra, labels=("origin_0/sst2",)):
     return process.returncode, stderr
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_run(tiny, built_once):
+    """interrupt_then_resume's run trained without a signal, in this process (one copy for all test processes)."""
+    return built_once("uninterrupted_run", lambda out: tpv.main(train_args(tiny, out, "--max-steps", "160")))
+
+
 @pytest.mark.usefixtures("cli_in_process")
-def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, tmp_path):
-    reference = run_cli(*train_args(tiny, tmp_path / "a", "--max-steps", "160"))
-    assert reference.returncode == 0, reference.stderr
-    code, _ = interrupt_then_resume(tiny, tmp_path / "b", signal.SIGKILL)
+def test_sigkill_and_resume_give_a_bit_identical_prompt(tiny, uninterrupted_run, tmp_path):
+    code, _ = interrupt_then_resume(tiny, tmp_path, signal.SIGKILL)
     assert code == -signal.SIGKILL
-    a, _, _ = prompts.load_prompt(run_file(tmp_path / "a", "sst2.safetensors"))
-    b, _, _ = prompts.load_prompt(run_file(tmp_path / "b", "sst2.safetensors"))
+    a, _, _ = prompts.load_prompt(run_file(uninterrupted_run, "sst2.safetensors"))
+    b, _, _ = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
     assert torch.equal(a, b)
-    code, stderr = interrupt_then_resume(tiny, tmp_path / "c", signal.SIGINT)  # Ctrl-C saves, then leaves
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_sigint_saves_and_resume_gives_a_bit_identical_prompt(tiny, uninterrupted_run, tmp_path):
+    """Ctrl-C saves, then leaves with exit status 2 and a line naming --resume."""
+    code, stderr = interrupt_then_resume(tiny, tmp_path, signal.SIGINT)
     assert code == 2 and "interrupted at step" in stderr and "--resume" in stderr
-    c, _, _ = prompts.load_prompt(run_file(tmp_path / "c", "sst2.safetensors"))
+    a, _, _ = prompts.load_prompt(run_file(uninterrupted_run, "sst2.safetensors"))
+    c, _, _ = prompts.load_prompt(run_file(tmp_path, "sst2.safetensors"))
     assert torch.equal(a, c)
 
 
@@ -1702,6 +1736,7 @@ def test_experiment_commands_end_to_end(tiny, tmp_path):
     assert result.returncode == 2 and "unreadable safetensors file" in result.stderr
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_export_loads_in_peft_and_import_round_trips(tiny, tmp_path):
     from peft import PeftModel
     from transformers import T5ForConditionalGeneration
@@ -1730,7 +1765,8 @@ def test_export_loads_in_peft_and_import_round_trips(tiny, tmp_path):
         assert run_cli("import", str(tmp_path / name), "--task", name[:-4], *base).returncode == 0
         assert torch.equal(prompts.load_prompt(run_file(tmp_path, name[:-4] + ".safetensors"))[0], tuned)
     (tmp_path / "evil.bin").write_bytes(b"\x80\x04cos\nsystem\n(S'echo hacked'\ntR.")  # a pickle that runs code
-    result = run_cli("import", str(tmp_path / "evil.bin"), "--task", "evil", *base)
+    # in a process of its own: its `echo` would write to the process's stdout, which only a process captures
+    result = tpv_process("import", str(tmp_path / "evil.bin"), "--task", "evil", *base)
     assert result.returncode == 2 and "not an official prompt file" in result.stderr and "hacked" not in result.stdout
 
 
@@ -1738,22 +1774,23 @@ def test_export_loads_in_peft_and_import_round_trips(tiny, tmp_path):
 # bad inputs at the command line: one line and exit status 2 (or the better outcome), and no file changed
 
 @pytest.fixture(scope="session")
-def finished(tiny, tmp_path_factory):
+def finished(tiny, built_once):
     """Runs as a user leaves them: sst2 and rte trained on origin 0, and an sst2 run whose final evaluation was
-    interrupted (its checkpoint is all that is left)."""
-    out = tmp_path_factory.mktemp("finished")
-    quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
-    for task in ("sst2", "rte"):
-        tpv.main(train_args(tiny, out, *quick)[:1] + [task] + train_args(tiny, out, *quick)[2:])
-    real = evaluation.evaluate_all
-    evaluation.evaluate_all = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl-C in the test evaluation
-    try:
-        with pytest.raises(SystemExit):
-            tpv.main(train_args(tiny, out, *quick, "--name", "killed"))
-    finally:
-        evaluation.evaluate_all = real
-    assert os.path.exists(checkpoint_file(out, "origin_0/killed")) and not os.path.exists(run_file(out, "killed.json"))
-    return out
+    interrupted (its checkpoint is all that is left). One copy for all test processes: the tests copy it."""
+    def build(out):
+        quick = ["--max-steps", "4", "--eval-every", "2", "--warmup", "1"]
+        for task in ("sst2", "rte"):
+            tpv.main(train_args(tiny, out, *quick)[:1] + [task] + train_args(tiny, out, *quick)[2:])
+        real = evaluation.evaluate_all  # Ctrl-C in the test evaluation:
+        evaluation.evaluate_all = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        try:
+            with pytest.raises(SystemExit):
+                tpv.main(train_args(tiny, out, *quick, "--name", "killed"))
+        finally:
+            evaluation.evaluate_all = real
+        assert os.path.exists(checkpoint_file(out, "origin_0/killed"))
+        assert not os.path.exists(run_file(out, "killed.json"))
+    return built_once("finished", build)
 
 
 def snapshot(folder):
@@ -1945,9 +1982,16 @@ def test_better_outcomes_of_odd_inputs(finished, tiny, tmp_path, capsys):
 
 @needs_shared
 def test_run_sh_quick_end_to_end_and_restartable(tmp_path):
+    """run.sh --quick runs the whole grid into a report with every section, and a second run.sh trains again only
+    the pack that lost a run. The samples are thinned: what is checked is the grid and the report, not scores."""
+    samples = tmp_path / "samples" / "data"  # run.sh --quick reads T5's vocabulary from samples/../assets
+    for task in ("sst2", "cola", "rte"):
+        thinned_sample(task, samples, 40)
+    os.symlink(os.path.join(SHARED, "assets"), tmp_path / "samples" / "assets")
     # two source tasks: every section of the report, with one pair to add where --quick's three tasks have three
     options = ["--quick", "--tasks", "sst2,cola", "--out", str(tmp_path / "runs"),
-               "--results", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data"), "--samples", os.path.join(SHARED, "data"), "--jobs", "2"]
+               "--results", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data"), "--samples", str(samples),
+               "--jobs", "2"]
     env = {**os.environ, "PYTHON": sys.executable}
     first = subprocess.run(["bash", os.path.join(HERE, "run.sh"), *options], capture_output=True, text=True,
                            env=env, timeout=1200)
@@ -1984,21 +2028,23 @@ def test_run_sh_quick_end_to_end_and_restartable(tmp_path):
 
 
 @needs_shared
-def test_bench_step_eval_and_epoch_run_every_variant():
-    bench = lambda *args: subprocess.run([sys.executable, "bench.py", *args, "--shape", "tiny"], capture_output=True,
-                                         text=True, cwd=HERE, timeout=300)
-    step = bench("step", "--repeats", "1")
-    assert step.returncode == 0, step.stderr
-    rows = re.findall(r"^(ours|transformers|transformers \+ PEFT) +(\d+) +([\d.]+) ", step.stdout, re.M)
-    assert [name for name, _, _ in rows] == ["ours", "transformers", "transformers + PEFT"], step.stdout
+def test_bench_step_eval_and_epoch_run_every_variant(capsys):
+    """The README's bench.py step, eval and epoch on the tiny shape, in this process (bench.main: the tables are
+    the point; an error raises here): every variant has its row, and they do the same work."""
+    import bench
+
+    def run_bench(*args):
+        bench.main([*args, "--shape", "tiny"])
+        return capsys.readouterr().out
+    step = run_bench("step", "--repeats", "1")
+    rows = re.findall(r"^(ours|transformers|transformers \+ PEFT) +(\d+) +([\d.]+) ", step, re.M)
+    assert [name for name, _, _ in rows] == ["ours", "transformers", "transformers + PEFT"], step
     assert all(decoder == "3" for _, decoder, _ in rows)  # the same work: no variant runs a decoder prompt
-    evaluation = bench("eval", "--batch", "4", "--src", "16", "--repeats", "1")
-    assert evaluation.returncode == 0, evaluation.stderr
-    assert len(re.findall(r"^(greedy|rank|PEFT generate) .*, (fp32|bf16) +[\d.]+ +[\d.]+$", evaluation.stdout,
-                          re.M)) == 6, evaluation.stdout
-    epoch = bench("epoch", "--tasks", "mnli", "--samples", os.path.join(SHARED, "data"), "--tokenizer", SPIECE)
-    assert epoch.returncode == 0, epoch.stderr
-    assert re.search(r"^mnli +51( +[\d.]+x?){8}$", epoch.stdout, re.M), epoch.stdout
+    evaluation = run_bench("eval", "--batch", "4", "--src", "16", "--repeats", "1")
+    assert len(re.findall(r"^(greedy|rank|PEFT generate) .*, (fp32|bf16) +[\d.]+ +[\d.]+$", evaluation,
+                          re.M)) == 6, evaluation
+    epoch = run_bench("epoch", "--tasks", "mnli", "--samples", os.path.join(SHARED, "data"), "--tokenizer", SPIECE)
+    assert re.search(r"^mnli +51( +[\d.]+x?){8}$", epoch, re.M), epoch
 
 
 # -----------------------------------------------------------------------------

@@ -27,13 +27,13 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the reposi
 CPU = torch.device("cpu")
 
 
-def test_pack_prints_rates_and_their_ratio():
-    out = subprocess.run([sys.executable, "bench.py", "pack", "--shape", "tiny", "--runs", "3", "--batch", "2,32",
-                          "--precision", "fp32", "--steps", "1", "--device", "cpu"], capture_output=True, text=True,
-                         cwd=HERE, timeout=300)
-    assert out.returncode == 0, out.stderr
-    rows = re.findall(r"^tiny +fp32 +(\d+) +(\d+) +3 +(\d+) +([\d.e+]+) +([\d.e+]+) +([\d.]+)x ", out.stdout, re.M)
-    assert [(batch, source) for batch, source, *_ in rows] == [("2", "100"), ("32", "256")], out.stdout
+def test_pack_prints_rates_and_their_ratio(capsys):
+    """bench.py pack, in this process (its table is the point): a row per batch, at its source length."""
+    bench.main(["pack", "--shape", "tiny", "--runs", "3", "--batch", "2,32", "--precision", "fp32", "--steps", "1",
+                "--device", "cpu"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^tiny +fp32 +(\d+) +(\d+) +3 +(\d+) +([\d.e+]+) +([\d.e+]+) +([\d.]+)x ", out, re.M)
+    assert [(batch, source) for batch, source, *_ in rows] == [("2", "100"), ("32", "256")], out
     for _, _, pack, alone, packed, ratio in rows:
         assert int(pack) == 3  # the tiny shape's three runs fit any memory
         assert float(ratio) == pytest.approx(float(packed) / float(alone), rel=0.01)  # 4 digits, ratio 3
@@ -209,12 +209,12 @@ def test_random_checkpoints_of_a_size_load_alike_from_one_file_and_from_shards(t
     assert all(torch.equal(loaded["one"][k], loaded["shards"][k]) for k in loaded["one"])
 
 
-def test_load_reports_peak_memory_of_both_layouts_and_dtypes(tmp_path):
-    out = subprocess.run([sys.executable, "bench.py", "load", "--size-gb", "0.01", "--max-shard-gb", "0.003", "--dir",
-                          str(tmp_path)], capture_output=True, text=True, cwd=HERE, timeout=300)
-    assert out.returncode == 0, out.stderr
+def test_load_reports_peak_memory_of_both_layouts_and_dtypes(tmp_path, capsys):
+    """bench.py load, in this process: each load it measures runs in a fresh process of its own."""
+    bench.main(["load", "--size-gb", "0.01", "--max-shard-gb", "0.003", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
     rows = re.findall(r"^(one file|shards of 0.003 GB) +(\d+) +(bf16|fp32) +([\d,]+) +([\d,]+) +([\d,]+) +([\d.]+)x "
-                      r"+([\d.]+)x +[\d,]+ +[\d,]+ +[\d.]+$", out.stdout, re.M)
+                      r"+([\d.]+)x +[\d,]+ +[\d,]+ +[\d.]+$", out, re.M)
     assert [(layout, dtype) for layout, _, dtype, *_ in rows] == [
         ("one file", "bf16"), ("one file", "fp32"), ("shards of 0.003 GB", "bf16"), ("shards of 0.003 GB", "fp32")]
     number = lambda text: float(text.replace(",", ""))

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 import data
 import prompts
+import tpv
 from support import files
 from test_tpv import (HERE, PEFT, SPIECE, adapter, checkpoint_file, cli_outcome, finished, needs_shared,  # noqa: F401
                       pack_checkpoint, run_file, tiny, train_args, write_bytes)
@@ -278,18 +279,17 @@ SIGTERM = [  # (case, what the signal interrupts, at which call)
 ]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    done = subprocess.run([sys.executable, os.path.join(HERE, "tpv.py"), *train_args(tiny, out, *PACK)],
-                          capture_output=True, text=True, cwd=HERE)
-    assert done.returncode == 0, done.stderr
-    return out
+@pytest.fixture(scope="session")
+def uninterrupted(tiny, built_once):
+    """The pack trained without a signal, in this process (one copy for all test processes)."""
+    return built_once("uninterrupted", lambda out: tpv.main(train_args(tiny, out, *PACK)))
 
 
 @needs_shared
 @pytest.mark.parametrize("case, target, call", SIGTERM, ids=[c[0] for c in SIGTERM])
-def test_sigterm_saves_releases_and_resumes_bit_identical(tiny, uninterrupted, tmp_path, case, target, call):
+def test_sigterm_saves_releases_and_resumes_bit_identical(tiny, uninterrupted, tmp_path, capsys, case, target, call):
+    """The signal to a real process (its exit status and last line are the point); the resume, which checks what
+    the checkpoint holds, runs in this process."""
     args = train_args(tiny, tmp_path, *PACK)
     stopped = subprocess.run([sys.executable, "-c", sigterm_at(target, call), *args], capture_output=True, text=True,
                              cwd=HERE, timeout=300)
@@ -300,9 +300,8 @@ def test_sigterm_saves_releases_and_resumes_bit_identical(tiny, uninterrupted, t
     model_folder = tmp_path / "model"
     assert not [p for p in md5s(model_folder) if p.endswith((".lock", ".tmp"))]  # locks released, nothing half
     assert os.path.exists(checkpoint_file(tmp_path, "origin_0/sst2", "origin_1/sst2"))
-    resumed = subprocess.run([sys.executable, os.path.join(HERE, "tpv.py"), *args, "--resume"], capture_output=True,
-                             text=True, cwd=HERE, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    code, err = cli_outcome([*args, "--resume"], capsys)
+    assert code == 0, err
     for origin in (0, 1):
         name = os.path.join("model", f"origin_{origin}", "sst2")
         a, b = (prompts.load_prompt(os.path.join(folder, name + ".safetensors"))[0]
