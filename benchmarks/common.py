@@ -106,13 +106,16 @@ def random_llama(cfg, device, precision="fp32"):
 
 def random_causal_batch(examples, prefix_len, answer_len, vocab_size, device, loss="full", seed=0):
     """A decoder-only batch of random token ids (data.collate_causal's keys, no padding): each row a chat prefix
-    of prefix_len tokens and an answer of answer_len; labels the ids (--loss full) or the answer's alone (answer)."""
+    of prefix_len tokens and an answer of answer_len; labels the ids (--loss full) or the answer's alone (answer).
+    Random rows share no start (shared_ids is empty), so what is timed is an upper bound: a task's real rows
+    share their chat's opening, which model_llama.prefix computes once per prompt."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, min(32000, vocab_size), (examples, prefix_len + answer_len), generator=g)
     labels = ids.clone()
     if loss == "answer":
         labels[:, :prefix_len] = -100
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device)}
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device),
+            "shared_ids": ids[0, :0].to(device)}
 
 
 def random_batch(examples, source_len, target_len, vocab_size, device, seed=0):
