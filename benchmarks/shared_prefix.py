@@ -189,7 +189,7 @@ def shared_prefix_speed(args):
     lengths = batch["attention_mask"].sum(1)
     differences, generated = check_evaluation(measures, lengths == lengths.max())
     real = int(batch["attention_mask"].sum())
-    print(f"\n{'evaluation':44}{'s':>9}{'examples/s':>10}{'shared is':>11}{'score diff':>11}")
+    print(f"\n{'evaluation':44}{'s':>9}{'examples/s':>11}{'shared is':>11}{'score diff':>11}")
     print(f"{args.rows} SST-2 validation examples at once ({args.prompt} vectors + {real / args.rows:.0f} tokens a "
           f"row, {shared} of them shared); generate: up to 16 new tokens ({generated.shape[1]} here), rank: "
           f"{len(candidates)} label words; transformers + PEFT checked on the {int((lengths == lengths.max()).sum())} "
@@ -199,7 +199,7 @@ def shared_prefix_speed(args):
             seconds = medians(arms, args.repeats, device)
         for name in ARMS:
             diff = f"{differences[name]:11.1e}" if measure == "rank" else f"{'-':>11}"
-            print(f"  {measure + ': ' + name:42}{seconds[name]:9.3f}{args.rows / seconds[name]:10.1f}"
+            print(f"  {measure + ': ' + name:42}{seconds[name]:9.3f}{args.rows / seconds[name]:11.1f}"
                   f"{seconds[name] / seconds['shared prefix']:10.2f}x{diff}")
     print("shared is: this arm's time / the shared prefix's (2.00x: the shared prefix takes half). loss diff, grad "
           "diff, score diff: relative to the shared prefix's, before timing; generation: the same tokens.")

@@ -606,6 +606,28 @@ def test_cuda_logits_and_prompt_gradient_match_hugging_face(llamas, family):
 
 
 @needs_cuda
+def test_cuda_shared_prefix_equals_every_row_with_its_own_prompt_copy():
+    """On CUDA: run_losses with the shared start once per prompt (2 prompts packed) against every row computing its
+    own copy of the prompt and its whole text (token_losses with R = B groups, nothing shared)."""
+    import data
+    torch.manual_seed(0)
+    model = model_llama.Llama(model_llama.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+                                                      num_hidden_layers=2, num_attention_heads=4,
+                                                      num_key_value_heads=2)).cuda().eval()  # random weights
+    batch_ = {k: v.cuda() for k, v in data.collate_causal(chat_tokens(), [0, 1, 2, 3], 0, "full", 1).items()}
+    init = torch.randn(2, 5, 64, device="cuda") * 0.5
+    shared, alone = init.clone().requires_grad_(True), init.clone().requires_grad_(True)
+    losses = model_llama.run_losses(model, shared, batch_)
+    losses.sum().backward()
+    ids, mask, labels = batch_["input_ids"], batch_["attention_mask"], batch_["labels"]
+    expected = torch.stack([model_llama.token_losses(model, ids, mask, labels, alone[r].expand(4, -1, -1)).sum()
+                            for r in range(2)])
+    expected.sum().backward()
+    assert rel_diff(losses.detach(), expected.detach()) < 1e-5
+    assert rel_diff(shared.grad, alone.grad) < 1e-4
+
+
+@needs_cuda
 def test_cuda_training_through_the_cli(tiny_llama, tmp_path):
     result = run_cli("train", "rte", *where(tiny_llama)[:4], "--out", str(tmp_path), "--device", "cuda",
                      "--max-steps", "3", "--eval-every", "2", "--batch-size", "2", "--checkpointing")
