@@ -421,6 +421,32 @@ def test_bench_shared_prefix_times_three_arms_on_the_same_work(tiny_llama, capsy
         assert f"generate: {arm}" in out and f"rank: {arm}" in out
 
 
+def test_demo_scores_the_untuned_and_the_tuned_prompt(tiny_llama, tmp_path):
+    """./demo.sh on a tiny chat Llama and the SST-2 sample: both runs on the 872 test sentences, the second tuned
+    from the first's origin with the demo's settings, and a two-line table; bad options are one line, exit 2."""
+    import re
+    import subprocess
+    import sys
+    demo = lambda *args: subprocess.run(["bash", os.path.join(HERE, "demo.sh"), *args], capture_output=True,
+                                        text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=300)
+    done = demo("--model", tiny_llama["model"], "--samples", os.path.join(SHARED, "data"), "--out",
+                str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"))
+    assert done.returncode == 0, done.stderr
+    table = re.findall(r"^  (untuned|tuned) +([\d.]+) %", done.stdout, re.M)
+    assert [name for name, _ in table] == ["untuned", "tuned"] and "872 sentences" in done.stdout
+    records = {name: json.load(open(tmp_path / "runs" / "model" / "origin_0" / f"{name}.json"))
+               for name in ("untuned", "tuned")}
+    assert {name: round(100 * r["test"]["sst2"]["accuracy"], 1) for name, r in records.items()} == {
+        name: float(value) for name, value in table}
+    tuned = records["tuned"]["arguments"]
+    assert (tuned["shots"], tuned["lr"], tuned["loss"], records["tuned"]["steps"]) == (64, 0.03, "answer", 50)
+    assert records["untuned"]["arguments"]["shots"] == 0
+    for args, message in ((["--samples", str(tmp_path / "nothing")], "no such folder"),
+                          (["--lr", "1"], "unknown option --lr")):
+        bad = demo(*args)
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
 def test_readme_llama_example_runs(tiny_llama):
     import re
     import subprocess
