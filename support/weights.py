@@ -135,6 +135,8 @@ def model_folder(path):
     """path when it is a folder; else one line saying whether it is absent or a file."""
     if os.path.isdir(path):
         return path
+    if path.lower().endswith(".gguf") and os.path.exists(path):
+        raise CheckpointError(gguf_refusal(path))
     if os.path.exists(path):
         raise CheckpointError(f"{path} is a file, not a model folder; pass the folder that holds its config.json, "
                               f"its safetensors weights and its tokenizer")
@@ -179,7 +181,17 @@ def checkpoint_files(path):
         raise CheckpointError(f"{path} holds only pytorch_model.bin: tpv loads safetensors only, because pickle "
                               f"files can run arbitrary code when loaded; convert it once with: "
                               f"python tpv.py convert {path}")
+    gguf = sorted(n for n in os.listdir(path) if n.lower().endswith(".gguf"))
+    if gguf:
+        raise CheckpointError(gguf_refusal(os.path.join(path, gguf[0])))
     raise missing_file(path, "model.safetensors", "the weights; or model.safetensors.index.json and its shards")
+
+
+def gguf_refusal(file):
+    return (f"{file}: GGUF weights (llama.cpp's format) are not read by tpv, which loads a Hugging Face folder "
+            f"(config.json, safetensors weights, tokenizer.json); download that with: python tpv.py download NAME, "
+            f"or convert the GGUF file once with transformers (from_pretrained(folder, gguf_file=...), then "
+            f"save_pretrained)")
 
 
 # -----------------------------------------------------------------------------

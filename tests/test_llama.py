@@ -560,7 +560,16 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
     unigram = model_copy(tiny_llama, tmp_path, "unigram", tokenizer={"model": {"type": "Unigram", "vocab": []}})
     unknown_chat = model_copy(tiny_llama, tmp_path, "unknown_chat")
     (tmp_path / "unknown_chat" / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    gguf = model_copy(tiny_llama, tmp_path, "gguf")  # the weights as llama.cpp ships them, no safetensors
+    os.replace(os.path.join(gguf, "model.safetensors"), os.path.join(gguf, "model-q4_1.gguf"))
+    no_tokenizer = model_copy(tiny_llama, tmp_path, "no_tokenizer")
+    os.remove(os.path.join(no_tokenizer, "tokenizer.json"))
     cases = [
+        (["train", "rte", *where(tiny_llama)[2:], "--model", gguf], "model-q4_1.gguf: GGUF weights (llama.cpp's "
+         "format) are not read by tpv"),
+        (["info", "--model", os.path.join(gguf, "model-q4_1.gguf")], "GGUF weights (llama.cpp's format)"),
+        (["train", "rte", *where(tiny_llama)[2:], "--model", no_tokenizer], "no such tokenizer.json; download the "
+         "model's tokenizer files"),
         (["eval", "rte", *where(tiny_llama), "--prompt", t5_prompt], "prompts do not carry over between model families"),
         (["info", "--model", gpt2], "model_type \"gpt2\" is a model family tpv does not implement"),
         (["info", "--model", gqa], "not a multiple of num_key_value_heads 3"),
