@@ -281,6 +281,12 @@ def test_shared_prefix_generation_and_scores_equal_each_row_alone(llamas):
         assert torch.equal(out[row, :alone.shape[1]], alone[0])
         alone_scores = model_llama.score_candidates(model, alone_ids, None, prompt, candidates)
         assert rel_diff(scores[row], alone_scores[0]) < 1e-5
+    # the model alone (no prompt): the shared start is computed once all the same
+    ids, mask = batch_["input_ids"], batch_["attention_mask"]
+    out = model_llama.generate_greedy(model, ids, mask, None, 6, shared)
+    for row in range(3):
+        alone = model_llama.generate_greedy(model, ids[row:row + 1, mask[row].bool()], None, None, 6)
+        assert torch.equal(out[row, :alone.shape[1]], alone[0])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
