@@ -301,8 +301,8 @@ def token_losses(model, input_ids, attention_mask, labels, prompt, shared=0):
     so the first token (begin-of-text) is predicted from the prompt's last vector. prompt: (n, d), or (R, n, d) for
     R groups of rows (prompt_groups). The first `shared` tokens, the same in every row with the same labels (the
     shared prefix, data.shared_start), are computed once per prompt with it (prefix), their loss too; each row's
-    rest attends to them. The vocabulary projection is made only where there is a label (with --loss answer, a few
-    tokens of the sequence).
+    rest attends to them. The vocabulary projection is made at the shared tokens (once per prompt) and at each row's
+    own tokens where there is a label (with --loss answer, a few tokens of the sequence).
     """
     if prompt is None:
         raise ValueError("token_losses needs a prompt: the first token is predicted from its last vector")
@@ -311,13 +311,13 @@ def token_losses(model, input_ids, attention_mask, labels, prompt, shared=0):
     rest = read(model, input_ids[:, shared:], attention_mask[:, shared:], cache)[0]  # (B, T-P, d)
     R = states.shape[0]
     losses = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-    # the shared tokens, predicted once per prompt from the states before them: (R, P, d), their labels (P,)
-    picked = labels[0, :shared] != -100
-    if picked.any():  # --loss full: every shared token; --loss answer: none
-        logits = model.lm_head(states[:, n - 1:-1][:, picked])  # (R, N, d) @ (d, V) -> (R, N, V)
-        targets = labels[0, :shared][picked].expand(R, -1)  # (R, N)
-        once = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(R, -1)
-        losses[:, :shared][:, picked] = once.repeat_interleave(B // R, dim=0)  # each prompt's rows
+    # the shared tokens, predicted once per prompt from the states before them (R, P, d), their labels the same in
+    # every row (P,): all of them with --loss full, none with --loss answer (-100; no boolean indexing, which would
+    # wait for the GPU)
+    logits = model.lm_head(states[:, n - 1:-1])  # (R, P, d) @ (d, V) -> (R, P, V)
+    once = F.cross_entropy(logits.float().flatten(0, 1), labels[0, :shared].repeat(R), ignore_index=-100,
+                           reduction="none").view(R, shared)
+    losses[:, :shared] = once.repeat_interleave(B // R, dim=0)  # each prompt's rows
     # each row's own tokens: the first predicted from the shared prefix's last state, the others from the row's
     before = torch.cat([states[:, -1:].repeat_interleave(B // R, dim=0), rest[:, :-1]], dim=1)  # (B, T-P, d)
     picked = labels[:, shared:] != -100  # (B, T-P)
@@ -351,6 +351,14 @@ def prefix(model, prompt, shared_ids, rows):
     positions = torch.arange(h.shape[1], device=h.device).expand(h.shape[0], -1)  # (R, n+P): no pads
     states = model.run(h, positions, None, cache)  # causal: the shared start sees only itself
     return states, [tuple(t.repeat_interleave(rows // h.shape[0], dim=0) for t in kv) for kv in cache]
+
+
+def check_shared(input_ids, attention_mask, shared):
+    """Evaluation's check that the first `shared` tokens are real and the same in every row (training trusts
+    collate_causal, to keep the step free of waits for the GPU)."""
+    start = input_ids[:, :shared]
+    if not ((start == start[:1]).all() and (attention_mask is None or attention_mask[:, :shared].all())):
+        raise ValueError(f"the first {shared} tokens are not the same real tokens in every row (data.shared_start)")
 
 
 def read(model, input_ids, attention_mask, cache):
@@ -401,6 +409,7 @@ def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_
     do_sample=False)` with the prompt prepended to every row as PEFT does. prompt: (n, d) or (R, n, d) for R groups
     of rows; the first `shared` tokens are the same in every row (data.collate_prefixes), computed once per prompt."""
     cfg = model.config
+    check_shared(input_ids, attention_mask, shared)
     cache = prefix(model, prompt, input_ids[0, :shared], input_ids.shape[0])[1]
     hidden, mask, positions = read(model, input_ids[:, shared:], None if attention_mask is None else
                                    attention_mask[:, shared:], cache)
@@ -425,6 +434,7 @@ def score_candidates(model, input_ids, attention_mask, prompt, candidates, share
     own earlier tokens (block-diagonal causal mask), at the positions it would have if decoded alone, so every
     candidate is scored exactly as if it followed the input by itself.
     """
+    check_shared(input_ids, attention_mask, shared)
     cache = prefix(model, prompt, input_ids[0, :shared], input_ids.shape[0])[1]
     hidden, mask, positions = read(model, input_ids[:, shared:], None if attention_mask is None else
                                    attention_mask[:, shared:], cache)

@@ -56,7 +56,8 @@ def training_arms(ours, peft, peft_prompt, init, batches):
     shared, unshared = (torch.nn.Parameter(init.clone()) for _ in range(2))
     losses = {"shared prefix": (shared, lambda b: common.model_llama.run_losses(ours, shared[None], b)[0]),
               "without it": (unshared, lambda b: unshared_losses(ours, unshared, b)),
-              "transformers + PEFT": (peft_prompt, lambda b: peft(**b).loss * (b["labels"] != -100).sum())}
+              "transformers + PEFT": (peft_prompt, lambda b: peft(**{k: v for k, v in b.items() if k != "shared_ids"})
+                                      .loss * (b["labels"] != -100).sum())}
 
     def mean_loss(loss_of):
         turn = itertools.cycle(batches)

@@ -132,8 +132,12 @@ def read_config(cls, path, model_types, family):
 # model folders and their files
 
 def model_folder(path):
-    """path when it is a folder; else one line saying whether it is absent or a file."""
+    """path when it is a folder (not one of GGUF weights alone); else one line saying whether it is absent or a file."""
     if os.path.isdir(path):
+        gguf = sorted(n for n in os.listdir(path) if n.lower().endswith(".gguf"))
+        if gguf and not any(os.path.exists(os.path.join(path, n)) for n in ("model.safetensors",
+                                                                             "model.safetensors.index.json")):
+            raise CheckpointError(gguf_refusal(os.path.join(path, gguf[0])))
         return path
     if path.lower().endswith(".gguf") and os.path.exists(path):
         raise CheckpointError(gguf_refusal(path))
@@ -181,9 +185,6 @@ def checkpoint_files(path):
         raise CheckpointError(f"{path} holds only pytorch_model.bin: tpv loads safetensors only, because pickle "
                               f"files can run arbitrary code when loaded; convert it once with: "
                               f"python tpv.py convert {path}")
-    gguf = sorted(n for n in os.listdir(path) if n.lower().endswith(".gguf"))
-    if gguf:
-        raise CheckpointError(gguf_refusal(os.path.join(path, gguf[0])))
     raise missing_file(path, "model.safetensors", "the weights; or model.safetensors.index.json and its shards")
 
 

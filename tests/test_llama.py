@@ -447,6 +447,7 @@ def test_demo_scores_the_untuned_and_the_tuned_prompt(tiny_llama, tmp_path):
     tuned = records["tuned"]["arguments"]
     assert (tuned["shots"], tuned["lr"], tuned["loss"], records["tuned"]["steps"]) == (64, 0.03, "answer", 50)
     assert records["untuned"]["arguments"]["shots"] == 0
+    assert demo("--help").stdout.splitlines()[-1].endswith("(--scoring rank).")  # the whole header, nothing else
     for args, message in ((["--samples", str(tmp_path / "nothing")], "no such folder"),
                           (["--lr", "1"], "unknown option --lr")):
         bad = demo(*args)
@@ -568,12 +569,16 @@ def test_bad_inputs_of_the_llama_family_are_one_line(tiny_llama, tmp_path):
     (tmp_path / "unknown_chat" / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     gguf = model_copy(tiny_llama, tmp_path, "gguf")  # the weights as llama.cpp ships them, no safetensors
     os.replace(os.path.join(gguf, "model.safetensors"), os.path.join(gguf, "model-q4_1.gguf"))
+    only_gguf = tmp_path / "only_gguf"  # a GGUF repo: the .gguf files alone
+    only_gguf.mkdir()
+    (only_gguf / "x.gguf").write_bytes(b"GGUF")
     no_tokenizer = model_copy(tiny_llama, tmp_path, "no_tokenizer")
     os.remove(os.path.join(no_tokenizer, "tokenizer.json"))
     cases = [
         (["train", "rte", *where(tiny_llama)[2:], "--model", gguf], "model-q4_1.gguf: GGUF weights (llama.cpp's "
          "format) are not read by tpv"),
         (["info", "--model", os.path.join(gguf, "model-q4_1.gguf")], "GGUF weights (llama.cpp's format)"),
+        (["info", "--model", str(only_gguf)], "x.gguf: GGUF weights (llama.cpp's format)"),  # no config.json either
         (["train", "rte", *where(tiny_llama)[2:], "--model", no_tokenizer], "no such tokenizer.json; download the "
          "model's tokenizer files"),
         (["eval", "rte", *where(tiny_llama), "--prompt", t5_prompt], "prompts do not carry over between model families"),
