@@ -353,6 +353,15 @@ def prefix(model, prompt, shared_ids, rows):
     return states, [tuple(t.repeat_interleave(rows // h.shape[0], dim=0) for t in kv) for kv in cache]
 
 
+def read_inputs(model, input_ids, attention_mask, prompt, shared):
+    """Generation's and scoring's pass over the inputs: the prompt and the first `shared` tokens once per prompt
+    (prefix), then each row's own tokens (read) -> their states (B, T-P, d), the key mask, positions, the cache."""
+    check_shared(input_ids, attention_mask, shared)
+    cache = prefix(model, prompt, input_ids[0, :shared], input_ids.shape[0])[1]
+    own_mask = None if attention_mask is None else attention_mask[:, shared:]
+    return (*read(model, input_ids[:, shared:], own_mask, cache), cache)
+
+
 def check_shared(input_ids, attention_mask, shared):
     """Evaluation's check that the first `shared` tokens are real and the same in every row (training trusts
     collate_causal, to keep the step free of waits for the GPU)."""
@@ -409,10 +418,7 @@ def generate_greedy(model, input_ids, attention_mask=None, prompt=None, max_new_
     do_sample=False)` with the prompt prepended to every row as PEFT does. prompt: (n, d) or (R, n, d) for R groups
     of rows; the first `shared` tokens are the same in every row (data.collate_prefixes), computed once per prompt."""
     cfg = model.config
-    check_shared(input_ids, attention_mask, shared)
-    cache = prefix(model, prompt, input_ids[0, :shared], input_ids.shape[0])[1]
-    hidden, mask, positions = read(model, input_ids[:, shared:], None if attention_mask is None else
-                                   attention_mask[:, shared:], cache)
+    hidden, mask, positions, cache = read_inputs(model, input_ids, attention_mask, prompt, shared)
 
     def next_logits(step, token):
         nonlocal hidden, mask, positions
@@ -434,10 +440,7 @@ def score_candidates(model, input_ids, attention_mask, prompt, candidates, share
     own earlier tokens (block-diagonal causal mask), at the positions it would have if decoded alone, so every
     candidate is scored exactly as if it followed the input by itself.
     """
-    check_shared(input_ids, attention_mask, shared)
-    cache = prefix(model, prompt, input_ids[0, :shared], input_ids.shape[0])[1]
-    hidden, mask, positions = read(model, input_ids[:, shared:], None if attention_mask is None else
-                                   attention_mask[:, shared:], cache)
+    hidden, mask, positions, cache = read_inputs(model, input_ids, attention_mask, prompt, shared)
     last = hidden[:, -1]  # (B, d): the state that predicts each candidate's token 0
     tokens, offset, seg, own = decoding.pack(candidates, input_ids.device)  # (L,) x 3, (L, L) block-diagonal causal
     B, L = input_ids.shape[0], len(tokens)
