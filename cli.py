@@ -88,7 +88,7 @@ def lambda_value(text):
 
 # at most what an origin holds (5,000 token ids), whatever --init: a bound that depended on the init would accept a
 # length for one init and refuse it for another
-prompt_length = at_least(1, most=prompts.ORIGIN_IDS, why="more than an origin holds; the paper uses 50, decoder-only "
+prompt_length = at_least(0, most=prompts.ORIGIN_IDS, why="more than an origin holds; the paper uses 50, decoder-only "
                                                          "models 100")
 
 
@@ -124,7 +124,8 @@ def run_options():
     p.add_argument("--origin", type=int, choices=range(prompts.N_ORIGINS), metavar="0..9",
                    help=f"which of the paper's 10 origins (default {TrainConfig.origin})")
     p.add_argument("--prompt-len", type=prompt_length,
-                   help=f"soft prompt vectors (default {TrainConfig.prompt_len}; decoder-only models 100)")
+                   help=f"soft prompt vectors (default {TrainConfig.prompt_len}; decoder-only models 100; "
+                        f"train --shots 0 --prompt-len 0: the model without a prompt, a baseline)")
     p.add_argument("--precision", type=precision, default=TrainConfig.precision, metavar="{auto,fp32,bf16}",
                    help="auto: bf16 on CUDA (bf16 weights), fp32 on the CPU")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -247,6 +248,9 @@ def parse_args(argv=None, description=None):
             fail(f"--origin {args.origin} and --origins name the origins twice; give one of them")
         if args.origin is None:
             args.origin = TrainConfig.origin
+    if getattr(args, "prompt_len", None) == 0 and (args.command != "train" or args.shots != 0 or args.init):
+        fail("--prompt-len 0 is the model without a soft prompt, a baseline with nothing to train or start from: "
+             "only train --shots 0 takes it, without --init")
     return args
 
 

@@ -32,6 +32,11 @@ PAPER_ADDITION = {("mnli", "qnli"): (84.7, 90.1, .85), ("qnli", "sst2"): (93.0, 
                   ("mnli", "sst2"): (85.0, 8.7, .82), ("dbpedia", "yelp_polarity"): (0.7, 94.9, .84)}
 PAPER_CROSS_ORIGIN = {"qnli": (93.3, 93.2), "mnli": (85.4, 85.3), "trec": (95.5, 26.5), "dbpedia": (99.1, 99.0),
                       "sst2": (93.8, 93.2), "yelp_polarity": (97.2, 97.1)}
+PAPER_CROSS_ORIGIN_LLAMA = {"mnli": (89.7, 89.7), "qqp": (84.6, 84.6), "qnli": (92.0, 92.0), "sst2": (95.9, 96.0),
+                            "stsb": (89.9, 89.8), "mrpc": (87.7, 88.1), "rte": (89.7, 89.4), "cola": (87.3, 87.6),
+                            "trec": (95.8, 96.0), "dbpedia": (99.2, 99.2), "yelp_polarity": (98.6, 98.6)}
+# LLaMA-3.1-8B-Instruct's single-task prompts: the "original" column above (each prompt on its own origin)
+PAPER_SINGLE_LLAMA = {task: original for task, (original, _) in PAPER_CROSS_ORIGIN_LLAMA.items()}
 PAPER_SIMILARITY = (  # same task, different origins (paper §6a)
     "Paper, same task across origins: flattened TPV cosine (v1, 10 origins) DBPedia .09, MNLI .09, QNLI .09, "
     "SST2 .10, TREC .06, Yelp .08 (cross-task .01–.05); token-mean cosine (v3, 3 origins), task prompts / TPVs: "
@@ -184,25 +189,93 @@ def markdown_table(header, rows):
 
 
 def mean_std(values):
+    if len(values) == 1:  # one origin: no spread to show
+        return f"{100 * values[0]:.1f}"
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}" if values else "–"
 
 
-def addition_section(model_dir):
-    rows = []
+def single_task_section(model_dir):
+    """The tuned prompts (mean ± std over origins) beside the paper's; then each task's baselines, if any."""
+    tuned = {}  # task -> [record path per origin]
+    for path in sorted(glob.glob(os.path.join(model_dir, "origin_*", "*.json"))):
+        if os.path.basename(path)[:-5] in data.TASKS:
+            tuned.setdefault(os.path.basename(path)[:-5], []).append(path)
+    if not tuned:
+        return ""
+    text = ["## Single-task prompt tuning\n\nTest exact match (Pearson for STS-B) ×100, mean ± std over origins.\n\n"
+            + markdown_table(["task", "origins", "ours", "paper T5-base", "paper LLaMA-3.1-8B"], [
+                [t, len(paths), mean_std([test_score(p, t) for p in paths]), PAPER_SINGLE.get(t, "–"),
+                 PAPER_SINGLE_LLAMA.get(t, "–")] for t, paths in sorted(tuned.items())]) + "\n"]
+    return "\n".join(text + [baselines_table(model_dir, task) for task in sorted(tuned)])
+
+
+def test_score(path, task):
+    return metrics.headline(data.TASKS[task], files.read_json(path, "test", task))
+
+
+def baselines_table(model_dir, task):
+    """Per origin (run.sh --mini makes these runs): the untuned origin (TASK_0shots), the tuned prompt (TASK), the
+    task tuned with another loss (TASK_loss-full, TASK_loss-answer), and the model without a prompt
+    (TASK_no-prompt, the same on every origin). "" when the task has no baseline."""
+    found = lambda run: {os.path.basename(os.path.dirname(p)): p
+                         for p in sorted(glob.glob(os.path.join(model_dir, "origin_*", run + ".json")))}
+    no_prompt, untuned, tuned = found(f"{task}_no-prompt"), found(f"{task}_0shots"), found(task)
+    others = {os.path.basename(p)[:-5]
+              for p in glob.glob(os.path.join(model_dir, "origin_*", f"{task}_loss-*.json"))}
+    if not (no_prompt or untuned or others):
+        return ""
+    columns = {"untuned origin": untuned}
+    loss = files.read_json(next(iter(tuned.values())), "arguments").get("loss") if tuned and others else None
+    columns["tuned" + (f", --loss {loss}" if loss else "")] = tuned
+    for run in sorted(others):  # a loss the tuned runs have too (an earlier --loss) keeps its run name
+        label = f"tuned, --loss {run.rsplit('_loss-', 1)[1]}"
+        columns[label if label not in columns else f"tuned, {run}"] = found(run)
+    values = {label: {o: test_score(p, task) for o, p in paths.items()} for label, paths in columns.items()}
+    tuned_label = next(label for label in columns if label.startswith("tuned"))
+    gain = {o: values[tuned_label][o] - u for o, u in values["untuned origin"].items() if o in values[tuned_label]}
+    origins = sorted(set().union(*columns.values()))
+    rows = [[o, *[f"{100 * values[label][o]:.1f}" if o in values[label] else "–" for label in columns],
+             f"{100 * gain[o]:+.1f}" if o in gain else "–"] for o in origins]
+    if len(origins) > 1:
+        rows.append(["mean ± std", *[mean_std(list(values[label].values())) for label in columns],
+                     mean_std(list(gain.values()))])
+    alone = (f"; the model without a prompt: {100 * test_score(next(iter(no_prompt.values())), task):.1f}"
+             if no_prompt else "")
+    return (f"### {task}: baselines, per origin\n\nTest exact match ×100 of the untuned origin and the tuned prompt "
+            f"on each origin{alone}.\n\n" + markdown_table(["origin", *columns, "tuned − untuned"], rows) + "\n")
+
+
+def addition_section(model_dir, out_dir):
+    """A table of the sums' test scores and, for each sum, its λ sweep on validation as an SVG curve."""
+    rows, sweeps = [], {}
     for path in sorted(glob.glob(os.path.join(model_dir, "origin_*", "*+*.json"))):
         if "_init-" not in os.path.basename(path):  # a sum, not a few-shot run that started from one
             tasks, lam = files.read_json(path, "tasks"), files.read_json(path, "lambda")
             test, relative = files.read_json(path, "test"), files.read_json(path, "relative")
+            origin, name = os.path.basename(os.path.dirname(path)), "+".join(tasks)
             paper = PAPER_ADDITION.get(tuple(tasks)) or PAPER_ADDITION.get(tuple(reversed(tasks)))
-            rows.append(["+".join(tasks), os.path.basename(os.path.dirname(path)),
-                         " / ".join(f"{100 * test[t]:.1f}" for t in tasks), f"{lam:.2f}",
+            rows.append([name, origin, " / ".join(f"{100 * test[t]:.1f}" for t in tasks), f"{lam:.2f}",
                          " / ".join(f"{relative[t]:.2f}" for t in tasks),
                          f"{paper[0]} / {paper[1]} (λ {paper[2]})" if paper else "–"])
+            if files.read_json(path, "sweep"):  # λ chosen here, not given
+                sweeps.setdefault(name, (tasks, []))[1].append((lam, files.read_json(path, "sweep")))
     if not rows:
         return ""
+    images = []
+    for name, (tasks, found) in sorted(sweeps.items()):
+        lambdas = [step["lambda"] for step in found[0][1]]
+        series = {key: [(100 * np.mean(at), 100 * np.std(at)) for at in zip(*[[step[key] for step in sweep]
+                                                                               for _, sweep in found])]
+                  for key in (*tasks, "mean")}
+        labels = [f"{lam:g}" if k % 4 == 0 else "" for k, lam in enumerate(lambdas)]
+        chosen = ", ".join(f"{lam:g}" for lam, _ in found)
+        files.write_text(os.path.join(out_dir, f"addition_{name}.svg"), plots.line_chart(
+            series, labels, f"{name}: validation score vs λ (chosen: {chosen})", "λ", "score ×100"))
+        images.append(f"![{name}: validation score vs λ](addition_{name}.svg)")
     return ("## Zero-shot addition (paper §6c)\n\nTest exact match (Pearson for STS-B) ×100 of origin + λ(τa + τb), λ "
-            "chosen on validation; relative = sum / single-task prompt.\n\n"
-            + markdown_table(["pair", "origin", "ours A / B", "λ", "relative A / B", "paper A / B"], rows) + "\n")
+            "chosen on validation; relative = sum / single-task prompt; the paper's numbers are T5-base's (v1).\n\n"
+            + markdown_table(["pair", "origin", "ours A / B", "λ", "relative A / B", "paper A / B"], rows) + "\n"
+            + "".join(f"\n{image}\n" for image in images))
 
 
 def fewshot_section(model_dir, out_dir):
@@ -217,6 +290,9 @@ def fewshot_section(model_dir, out_dir):
         if result:
             found.setdefault(target, {}).setdefault("random origin" if init == "origin" else init, {}).setdefault(
                 shots, []).append(metrics.headline(data.TASKS[target], result, "f1"))
+    # a source task's untuned origins (run.sh --mini's baseline: the random origin at 0 shots only) are no target
+    found = {target: inits for target, inits in found.items()
+             if set(inits) != {"random origin"} or any(s for by in inits.values() for s in by)}
     if not found:
         return ""
     text = ["## Few-shot transfer (paper §6b)\n\nTest F1 ×100 (macro-F1 for multi-class), mean ± std over origins.\n"]
@@ -241,35 +317,22 @@ def cross_origin_section(out_dir):
         return ""
     rows = []
     for task, entry in files.read_json(path).items():
-        paper = PAPER_CROSS_ORIGIN.get(task)
+        papers = [paper.get(task) for paper in (PAPER_CROSS_ORIGIN, PAPER_CROSS_ORIGIN_LLAMA)]
         rows.append([task, f"{entry['original'][0]:.1f} ± {entry['original'][1]:.1f}",
                      f"{entry['mixed'][0]:.1f} ± {entry['mixed'][1]:.1f}",
-                     f"{paper[0]} / {paper[1]}" if paper else "–"])
+                     *[f"{paper[0]} / {paper[1]}" if paper else "–" for paper in papers]])
     return ("## Cross-origin (paper §6a)\n\nTest exact match ×100 of origin_i + τ_i (original) and origin_i + τ_j, "
             "j ≠ i (mixed), mean ± std over origin pairs.\n\n"
-            + markdown_table(["task", "original", "mixed", "paper original / mixed"], rows) + "\n")
+            + markdown_table(["task", "original", "mixed", "paper T5-base original / mixed",
+                              "paper LLaMA-3.1-8B original / mixed"], rows) + "\n")
 
 
 def write_report(runs_dir, model, out_dir):
     """results/README.md from what the runs left behind."""
     files.make_folder(out_dir)
     model_dir = runs.model_folder(runs_dir, model)
-    singles = []
-    for path in sorted(glob.glob(os.path.join(model_dir, "origin_*", "*.json"))):
-        name = os.path.basename(path)[:-5]
-        if name in data.TASKS:
-            result = files.read_json(path, "test", name)
-            singles.append((name, os.path.basename(os.path.dirname(path)), metrics.headline(data.TASKS[name], result)))
-    by_task = {}
-    for name, _, value in singles:
-        by_task.setdefault(name, []).append(value)
-    parts = [f"# Results: {model}\n\nWritten by `python tpv.py report` from `{model_dir}`.\n"]
-    if by_task:
-        parts.append("## Single-task prompt tuning\n\nTest exact match (Pearson for STS-B) ×100, mean ± std over "
-                     "origins.\n\n" + markdown_table(
-                         ["task", "origins", "ours", "paper"],
-                         [[t, len(v), mean_std(v), PAPER_SINGLE.get(t, "–")] for t, v in sorted(by_task.items())]) + "\n")
-    parts += [addition_section(model_dir), cross_origin_section(out_dir)]
+    parts = [f"# Results: {model}\n\nWritten by `python tpv.py report` from `{model_dir}`.\n",
+             single_task_section(model_dir), addition_section(model_dir, out_dir), cross_origin_section(out_dir)]
     if os.path.exists(os.path.join(out_dir, "similarity.md")):
         with open(os.path.join(out_dir, "similarity.md")) as f:
             parts.append(f"## Cosine similarity (paper §6a)\n\n{PAPER_SIMILARITY}\n\n" + f.read())

@@ -58,7 +58,7 @@ def command_runs(task, shots, origins, inits, flags, out, name=None, family=fami
     for init in inits:
         for origin in origins:
             config = train.recipe(task, shots, family, **flags, origin=origin, init=init)
-            run = runs.run_name(task, shots, init, name)
+            run = runs.run_name(task, shots, init, name, config.prompt_len)
             made.append(Run(config, runs.run_paths(out, config.model, origin, run), f"origin_{origin}/{run}"))
     labels = [r.label for r in made]
     twice = next((label for label in labels if labels.count(label) > 1), None)

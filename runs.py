@@ -50,10 +50,13 @@ def run_paths(out, model, origin, name):
     return RunPaths(stem + ".safetensors", stem + ".json", stem + ".ckpt.safetensors", stem + ".failed.json")
 
 
-def run_name(task, shots, init, name=None):
-    """The file name of a training run: from task, shots and init unless --name says otherwise."""
+def run_name(task, shots, init, name=None, prompt_len=None):
+    """The file name of a training run: from task, shots and init unless --name says otherwise; TASK_no-prompt
+    for the model without a prompt (--prompt-len 0)."""
     if name is not None:
         return check_name(name)
+    if prompt_len == 0:
+        return task + "_no-prompt"
     stem = task + (f"_{shots}shots" if shots is not None else "")
     if init != "origin":
         stem += "_init-" + ("text" if init.startswith("text:") else os.path.splitext(os.path.basename(init))[0])

@@ -1558,7 +1558,7 @@ def test_train_and_eval_user_errors(tiny, tmp_path):
 @pytest.mark.parametrize("flag, value, message", [
     ("--batch-size", "0", "must be at least 1, got 0"), ("--epochs", "0", "must be at least 1"),
     ("--max-steps", "-3", "must be at least 1"), ("--eval-every", "0", "must be at least 1"),
-    ("--log-every", "0", "must be at least 1"), ("--prompt-len", "0", "must be at least 1"),
+    ("--log-every", "0", "must be at least 1"), ("--prompt-len", "-1", "must be at least 0"),
     ("--warmup", "-5", "must be at least 0"), ("--shots", "-2", "must be at least 0"),
     ("--lr", "-1", "must be at least 0"), ("--weight-decay", "-0.5", "must be at least 0"),
     ("--dropout", "1", "must be in [0, 1)"), ("--epochs", "1.5", "invalid int value: '1.5'")])

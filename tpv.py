@@ -186,6 +186,9 @@ def cmd_import(args):
 def cmd_export(args):
     path = runs.prompt_file(args.file, args.out, args.model, args.origin)
     prompt, _, meta = prompts.load_prompt(path)
+    if not len(prompt):
+        raise prompts.PromptError(f"{path} holds no prompt vectors (the model without a prompt, a baseline): PEFT "
+                                  f"has no adapter for that; export a tuned prompt")
     interchange.write_adapter(args.peft, prompt, meta.get("model", args.model), meta["family"], args.force)
     print(f"wrote {args.peft}/adapter_model.safetensors and adapter_config.json (the init is not part of PEFT's "
           f"format)")
