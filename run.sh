@@ -6,6 +6,7 @@
 #   ./run.sh --model meta-llama/Llama-3.1-8B-Instruct --family llama   # origins 0-2, 11 source tasks
 #   ./run.sh --origins 0,1,2 --jobs 4           # fewer origins; 4 packs at a time, one GPU each
 #   ./run.sh --quick                            # a minutes-long smoke version: tiny random T5, dataset samples
+#   ./run.sh --mini                             # the experiments in miniature on SmolLM2-135M, on a CPU (~2 h)
 #   ./run.sh --plan                             # the grid as commands, one a line, to run anywhere
 #   ./run.sh --slurm --time 2-00:00:00          # the grid as Slurm array jobs, one GPU per command
 #
@@ -29,12 +30,22 @@
 #   --jobs N         packs (and additions) at a time, one GPU each when there are GPUs (default 1)
 #   --out DIR        runs and logs (default runs)
 #   --results DIR    tables and plots (default results)
-#   --data-dir DIR   the data cache (default $TPV_DATA, else data_cache)
-#   --samples DIR    the dataset samples that --quick prepares its data from (default ../shared/data)
+#   --data-dir DIR   the data cache (default $TPV_DATA, else data_cache; --mini: DIR/data, DIR: --out)
+#   --samples DIR    the dataset samples that --quick and --mini prepare their data from (default ../shared/data)
 #   --quick          a smoke run: 12 training steps, label words ranked, data from --samples, few-shot transfer
 #                    sst2,cola -> rte; it only changes the defaults of the options you did not give: --origins 0-1
 #                    --tasks sst2,cola,trec --shots 0,5 and, for --model, a random tiny T5 written to
 #                    DIR/tiny-t5 (DIR: --out)
+#   --mini           the paper's experiments in miniature on a small decoder-only chat model, on a CPU, with the
+#                    dataset samples (docs/real-model.md); like --quick it changes only the defaults of the options
+#                    you did not give: --model HuggingFaceTB/SmolLM2-135M-Instruct --origins 0-2 --tasks sst2,trec
+#                    --shots 0,16,64 --loss answer --out runs/mini --results results/mini, data prepared from
+#                    --samples into DIR/data (DIR: --out). It trains with --lr 0.01 (the recipe's 0.3 is too large
+#                    for a small model, docs/llama.md), 150 steps (few-shot 50), validation every 25, label words
+#                    ranked; sums and few-shot transfer (sst2,trec -> sst5: from the origin, from sst2 and from the
+#                    sum) on the first origin only, no multi-task runs; and adds two baselines per source task (its
+#                    untuned origins, the model without a prompt: tpv.py train --shots 0 --prompt-len 0) and the
+#                    first source task trained with the other --loss on every origin
 #   --plan           print every command of the grid, one a line (see below); writes nothing, runs nothing
 #   --slurm          write the grid as Slurm array jobs to DIR/slurm (DIR: --out; see below); needs no Slurm here
 #   --partition P    --slurm: the partition, or a comma list of them (default: the cluster's default)
@@ -93,13 +104,14 @@ die() {  # die STATUS MESSAGE: one line on stderr (a newline in a value shows as
   exit "$1"
 }
 
-ORIGINS="" SOURCES="" SHOTS="" MODEL="" PACK="" JOBS="" OUT="" RESULTS="" DATA_DIR=${TPV_DATA-} SAMPLES=""
-QUICK=0 MODE="" PARTITION="" TIME="" FAMILY="" LOSS=""
+ORIGINS="" SOURCES="" SHOTS="" MODEL="" PACK="" JOBS="" OUT="" RESULTS="" DATA_DIR="" SAMPLES="" CACHE=${TPV_DATA-}
+QUICK=0 MINI=0 MODE="" PARTITION="" TIME="" FAMILY="" LOSS=""
 PYTHON=${PYTHON:-python}
 while [ $# -gt 0 ]; do
   option=$1 value=${2-}
   case $option in
     --quick) QUICK=1; shift; continue ;;
+    --mini) MINI=1; shift; continue ;;
     --plan|--slurm|--estimate)  # what run.sh does instead of running the grid here: one of them
       [[ -z $MODE || $MODE == "$option" ]] || die 2 "$MODE and $option are different things to do: give one"
       MODE=$option; shift; continue ;;
@@ -128,13 +140,22 @@ done
 # The user's relative paths are relative to where they started run.sh: make them absolute before moving to
 # run.sh's folder (where tpv.py and the defaults are). A --model that is no folder here is a hub name.
 absolute() { local -n path=$1; [[ -z $path || $path == /* ]] || path=$PWD/$path; }
-absolute OUT; absolute RESULTS; absolute DATA_DIR; absolute SAMPLES
+absolute OUT; absolute RESULTS; absolute DATA_DIR; absolute SAMPLES; absolute CACHE
 [ -d "$MODEL" ] && absolute MODEL
 cd -- "$(dirname -- "$0")"
 HERE=$PWD  # absolute: what the Slurm scripts go back to
 
-# --quick sets defaults only; what the user gave wins (its few-shot group needs sst2 and cola in --tasks)
-if [ "$QUICK" = 1 ]; then
+[[ $QUICK$MINI != 11 ]] || die 2 "--quick and --mini are different grids: give one"
+[[ $MINI = 0 || $MODE != --estimate ]] ||
+  die 2 "--mini is measured, not estimated: about 2 hours on 2 CPU cores (docs/real-model.md)"
+SMALL=$([ "$QUICK" = 1 ] && echo --quick || echo --mini)  # the grid on dataset samples, when one of them is given
+# --quick and --mini set defaults only; what the user gave wins (their few-shot groups need both sources in --tasks)
+if [ "$MINI" = 1 ]; then
+  : "${ORIGINS:=0-2}" "${SOURCES:=sst2,trec}" "${SHOTS:=0,16,64}" "${MODEL:=HuggingFaceTB/SmolLM2-135M-Instruct}"
+  : "${LOSS:=answer}" "${OUT:=runs/mini}" "${RESULTS:=results/mini}"
+  [[ -n $FAMILY || $MODEL != HuggingFaceTB/SmolLM2-135M-Instruct ]] || FAMILY=llama  # downloaded or not
+  TRANSFER=("sst2,trec:sst5")  # the paper's target of SST-2 (its "sst5" was SST-2 by mistake), from the samples
+elif [ "$QUICK" = 1 ]; then
   : "${ORIGINS:=0-1}" "${SOURCES:=sst2,cola,trec}" "${SHOTS:=0,5}"
   TRANSFER=("sst2,cola:rte")  # tasks whose samples hold a train and a held-out split
 else  # --origins and --tasks: the family's grid, below
@@ -142,7 +163,9 @@ else  # --origins and --tasks: the family's grid, below
   # few-shot groups (paper §6b): two source tasks -> their target tasks
   TRANSFER=("mnli,qnli:scitail,snli" "dbpedia,trec:ag_news,yahoo" "sst2,yelp_polarity:imdb,sst5")
 fi
-: "${JOBS:=1}" "${OUT:=runs}" "${RESULTS:=results}" "${DATA_DIR:=data_cache}" "${SAMPLES:=../shared/data}"
+: "${JOBS:=1}" "${OUT:=runs}" "${RESULTS:=results}" "${SAMPLES:=../shared/data}"
+[ "$MINI" = 0 ] || : "${DATA_DIR:=$OUT/data}"  # sample-sized data, kept apart from the full data cache
+: "${DATA_DIR:=${CACHE:-data_cache}}"
 TINY=0  # 1: --model is --quick's random tiny T5, which run.sh writes
 if [ "$QUICK" = 1 ] && [ -z "$MODEL" ]; then MODEL=$OUT/tiny-t5; TINY=1; fi
 : "${MODEL:=t5-base}"
@@ -203,6 +226,9 @@ then
     *) source="a hub name not downloaded yet is taken for one; --family names another family" ;;
   esac
   [ "$TINY" = 0 ] || source="--quick's own model"
+  [[ $MINI = 0 || $options == *" loss "* ]] || die 2 "--mini trains a decoder-only chat model (default \
+HuggingFaceTB/SmolLM2-135M-Instruct), and $MODEL is a $name model ($source); give --model a decoder-only one \
+(a hub name not downloaded yet: with --family llama)"
   [[ -z $LOSS || $options == *" loss "* ]] ||
     die 2 "--loss is not an option of $name models, and $MODEL is one ($source); drop it"
 fi
@@ -249,10 +275,15 @@ done
 EXTRA=()  # options every training run gets
 SCORING=()  # options every evaluation gets
 SPIECE=$SAMPLES/../assets/t5-spiece.model  # the tiny T5's vocabulary
+STEPS=() FEWSHOT_STEPS=()  # the training steps of source and multi-task runs, and of few-shot runs
 if [ "$QUICK" = 1 ]; then
   EXTRA=(--max-steps 12 --eval-every 6 --warmup 2 --log-every 6 --scoring rank)
   SCORING=(--scoring rank)  # a random tiny model never stops generating: rank the label words instead
+elif [ "$MINI" = 1 ]; then  # what 2 CPU cores do in about 2 hours (docs/real-model.md lists each reduction)
+  EXTRA=(--lr 0.01 --eval-every 25 --scoring rank) STEPS=(--max-steps 150) FEWSHOT_STEPS=(--max-steps 50)
+  SCORING=(--scoring rank)
 fi
+RECIPE=("${EXTRA[@]}")  # without --loss: --mini's runs with the other loss
 [ -z "$LOSS" ] || EXTRA+=(--loss "$LOSS")
 COMMON=(--model "$MODEL" --out "$OUT" --data-dir "$DATA_DIR")
 PACKING=()
@@ -287,16 +318,17 @@ entry() {  # entry STAGE LOG FILE... -- COMMAND...
   quote command "$@"
   STAGE+=("$stage") LOG+=("$log") DONE+=("$done") COMMAND+=("$command")
 }
-records() {  # records RUN...: RECORDS becomes the record of each run on every origin; all there: a pack finished
+ON=("${origins[@]}")  # the origins a pack trains on: every origin, but --mini's transfer runs on the first only
+records() {  # records RUN...: RECORDS becomes the record of each run on each origin of ON; all there: finished
   local o run
   RECORDS=()
-  for o in "${origins[@]}"; do for run; do RECORDS+=("$RUNS/origin_$o/$run.json"); done; done
+  for o in "${ON[@]}"; do for run; do RECORDS+=("$RUNS/origin_$o/$run.json"); done; done
 }
-pack() {  # pack STAGE LOG TRAIN-ARGUMENTS...: one tpv.py train for every origin, finished when RECORDS are there
+pack() {  # pack STAGE LOG TRAIN-ARGUMENTS...: one tpv.py train for the origins ON, finished when RECORDS are there
   local stage=$1 log=$2
   shift 2
-  entry "$stage" "$log" "${RECORDS[@]}" -- "$PYTHON" tpv.py train "$@" --origins "$ORIGINS" --resume \
-    "${PACKING[@]}" "${COMMON[@]}" "${EXTRA[@]}"
+  entry "$stage" "$log" "${RECORDS[@]}" -- "$PYTHON" tpv.py train "$@" --origins "$(IFS=,; echo "${ON[*]}")" \
+    --resume "${PACKING[@]}" "${COMMON[@]}" "${EXTRA[@]}"
 }
 
 if [ "$TINY" = 1 ]; then  # all three files, not just config.json: a tiny-model that died may have left a part
@@ -310,7 +342,7 @@ prepared=","
 for task in "${sources[@]}" "${targets[@]}"; do
   [[ $prepared == *,$task,* ]] && continue  # a target that is also a source
   prepared+="$task,"
-  if [ "$QUICK" = 1 ]; then
+  if [ "$QUICK$MINI" != 00 ]; then
     entry data "data_$task" "$DATA_DIR/$task/train.jsonl" -- \
       "$PYTHON" tpv.py prepare "$task" --from "$SAMPLES/$task" --data-dir "$DATA_DIR" --model "$MODEL"
   else
@@ -320,16 +352,34 @@ for task in "${sources[@]}" "${targets[@]}"; do
 done
 for task in "${sources[@]}"; do
   records "$task"
-  pack sources "${NAME}_$task" "$task"
+  pack sources "${NAME}_$task" "$task" "${STEPS[@]}"
 done
-for group in "${groups[@]}"; do
-  records "${group%%:*}"
-  pack multitask "${NAME}_${group%%:*}" "${group%%:*}"
-done
+if [ "$MINI" = 1 ]; then  # baselines of each source task, and the first one trained with the other loss
+  for task in "${sources[@]}"; do
+    records "${task}_0shots"
+    pack sources "${NAME}_${task}_untuned" "$task" --shots 0
+    entry sources "${NAME}_${task}_no-prompt" "$RUNS/origin_${origins[0]}/${task}_no-prompt.json" -- \
+      "$PYTHON" tpv.py train "$task" --shots 0 --prompt-len 0 --origin "${origins[0]}" "${COMMON[@]}" \
+      "${SCORING[@]}" --loss "$LOSS"
+  done
+  other=full
+  [ "$LOSS" != full ] || other=answer
+  run=${sources[0]}_loss-$other
+  for o in "${origins[@]}"; do
+    entry sources "${NAME}_origin_${o}_$run" "$RUNS/origin_$o/$run.json" -- "$PYTHON" tpv.py train "${sources[0]}" \
+      --origin "$o" --name "$run" --resume "${COMMON[@]}" "${RECIPE[@]}" --loss "$other" "${STEPS[@]}"
+  done
+  ON=("${origins[0]}")
+else
+  for group in "${groups[@]}"; do
+    records "${group%%:*}"
+    pack multitask "${NAME}_${group%%:*}" "${group%%:*}" "${STEPS[@]}"
+  done
+fi
 for ((a = 0; a < ${#sources[@]}; a++)); do
   for ((b = a + 1; b < ${#sources[@]}; b++)); do
     sum=${sources[a]}+${sources[b]}
-    for o in "${origins[@]}"; do
+    for o in "${ON[@]}"; do
       entry sums "${NAME}_origin_${o}_$sum" "$RUNS/origin_$o/$sum.json" -- \
         "$PYTHON" tpv.py add "${sources[a]}" "${sources[b]}" --origin "$o" "${COMMON[@]}" "${SCORING[@]}"
     done
@@ -341,9 +391,15 @@ for group in "${groups[@]}"; do
   for target in "${group_targets[@]}"; do
     for n in "${shots[@]}"; do
       run=${target}_${n}shots
+      if [ "$MINI" = 1 ]; then  # from the origin, one source and the sum
+        records "$run" "${run}_init-$a" "${run}_init-$a+$b"
+        pack fewshot "${NAME}_$run" "$target" --shots "$n" --init origin --init "$a" --init "$a+$b" \
+          "${FEWSHOT_STEPS[@]}"
+        continue
+      fi
       records "$run" "${run}_init-$a" "${run}_init-$b" "${run}_init-$pair" "${run}_init-$a+$b"
       pack fewshot "${NAME}_$run" "$target" --shots "$n" \
-        --init origin --init "$a" --init "$b" --init "$pair" --init "$a+$b"
+        --init origin --init "$a" --init "$b" --init "$pair" --init "$a+$b" "${FEWSHOT_STEPS[@]}"
     done
   done
 done
@@ -380,11 +436,11 @@ if [ "$MODE" = --plan ]; then
   exit 0
 fi
 
-# --quick's data comes from its samples, the tiny T5's vocabulary from beside them
-if [ "$QUICK" = 1 ] && [ "$MODE" != --estimate ]; then
+# --quick's and --mini's data come from their samples, the tiny T5's vocabulary from beside them
+if [ "$QUICK$MINI" != 00 ] && [ "$MODE" != --estimate ]; then
   for task in "${sources[@]}" "${targets[@]}"; do  # the data stage prepares the missing ones from there
     [ -f "$DATA_DIR/$task/train.jsonl" ] || [ -d "$SAMPLES/$task" ] ||
-      die 2 "--quick prepares $task from $SAMPLES/$task, which is not a folder (see --samples)"
+      die 2 "$SMALL prepares $task from $SAMPLES/$task, which is not a folder (see --samples)"
   done
 fi
 if [ "$TINY" = 1 ] && ! finished 0; then
@@ -486,6 +542,24 @@ mkdir -p -- "$LOGS"
 FAILED=$LOGS/failed.txt
 : > "$FAILED"
 
+# Progress: under each command, its log, the time since the first command, how many of the commands left to run
+# here have finished, and a rough ETA: their mean time times the number left (commands differ a lot).
+TOTAL=0 STARTED=0  # the commands to run here, and those started before the current stage
+for stage in sources multitask sums analysis fewshot report; do
+  TOTAL=$((TOTAL + $(of_stage "$stage" pending | wc -l)))
+done
+FINISHED=$LOGS/finished.txt  # a line per finished command, from any worker
+: > "$FINISHED"
+BEGAN=$SECONDS
+clock() { printf '%dh%02dm' $(($1 / 3600)) $(($1 % 3600 / 60)); }
+progress() {  # progress N COMMAND LOG: the lines before the N-th command starts
+  local finished took line
+  finished=$(wc -l < "$FINISHED") took=$((SECONDS - BEGAN))
+  line="    log: $3; $(clock $took) so far, $finished of $TOTAL done"
+  [ "$finished" = 0 ] || line+=", about $(clock $((took * (TOTAL - finished) / finished))) left"
+  printf '[%s/%s] %s\n%s\n' "$1" "$TOTAL" "$2" "$line"
+}
+
 # run_all INDEX...: runs those entries, JOBS at a time; worker k takes every JOBS-th one, on GPU k.
 # Each one's output goes to LOGS/LOG.log.
 run_all() {
@@ -502,15 +576,17 @@ run_all() {
         else  # CPU jobs share the cores: more threads than cores makes every job crawl
           export OMP_NUM_THREADS=$(($(nproc) / workers > 0 ? $(nproc) / workers : 1))
         fi
-        echo "[$((i + 1))/${#todo[@]}] ${COMMAND[todo[i]]}"
+        progress $((STARTED + i + 1)) "${COMMAND[todo[i]]}" "$log"
         "${command[@]}" > "$log" 2>&1 || {
           echo "FAILED (see $log): ${COMMAND[todo[i]]}"
           echo "${COMMAND[todo[i]]}" >> "$FAILED"
         }
+        echo >> "$FINISHED"
       done
     ) &
   done
   wait
+  STARTED=$((STARTED + ${#todo[@]}))
 }
 run_stages() {  # run_stages STAGE...: their entries that have not finished, in one pool
   local indices=() stage
@@ -524,7 +600,7 @@ for i in $(of_stage data pending); do
   if [ "$QUICK" = 1 ]; then "${command[@]}" > /dev/null; else "${command[@]}"; fi
 done
 
-echo "== source prompts and multi-task SPoT prompts"
+echo "== source prompts and $([ "$MINI" = 1 ] && echo "baselines" || echo "multi-task SPoT prompts")"
 run_stages sources multitask
 
 echo "== zero-shot addition of every pair"
@@ -532,15 +608,19 @@ run_stages sums
 
 for i in $(of_stage analysis); do  # cross-origin and similarity
   echo "== ${LOG[i]}"
+  STARTED=$((STARTED + 1))
+  progress "$STARTED" "${COMMAND[i]}" "$LOGS/${LOG[i]}.log"
   eval "command=(${COMMAND[i]})"
   "${command[@]}" > "$LOGS/${LOG[i]}.log" 2>&1 ||
     { echo "FAILED: ${LOG[i]} (see $LOGS/${LOG[i]}.log)"; echo "${LOG[i]}" >> "$FAILED"; }
+  echo >> "$FINISHED"
 done
 
-echo "== few-shot transfer: random origin, single-source SPoT, multi-task SPoT, TPV sum"
+echo "== few-shot transfer: random origin, single-source SPoT$([ "$MINI" = 1 ] || echo ", multi-task SPoT"), TPV sum"
 run_stages fewshot
 
 echo "== report"
+progress $((STARTED + 1)) "${COMMAND[$(of_stage report)]}" "(printed here)"
 eval "command=(${COMMAND[$(of_stage report)]})"
 "${command[@]}"
 if [ -s "$FAILED" ]; then

@@ -156,7 +156,7 @@ def test_help_lists_exactly_the_options_run_sh_accepts(sandbox):
     parsed = source[source.index("while [ $# -gt 0 ]"):source.index("done\n", source.index("while [ $# -gt 0 ]"))]
     accepted = {name for labels in re.findall(r"^ +(-[-a-z|]+)\)", parsed, re.M) for name in labels.split("|")}
     assert listed == accepted
-    for name in accepted - {"-h", "--help", "--quick", "--plan", "--slurm", "--estimate"}:  # the others take a value
+    for name in accepted - {"-h", "--help", "--quick", "--mini", "--plan", "--slurm", "--estimate"}:  # no value
         assert f"{name} needs a value" in run(sandbox, name)[0].stderr
 
 
@@ -458,7 +458,7 @@ def test_local_run_launches_the_packs_not_finished_with_resume_and_pack(sandbox)
     assert all(option(c, "--origins") == "0,1" and option(c, "--pack") == "3" and "--resume" in c for c in train)
     assert [c for c in calls if c[1] == "add"] == []
     assert sorted(os.listdir(sandbox / "runs" / "logs")) == sorted(
-        ["failed.txt", "tiny-t5_cola.log", "tiny-t5_sst2,cola.log", "tiny-t5_rte_5shots.log", "cross-origin.log",
+        ["failed.txt", "finished.txt", "tiny-t5_cola.log", "tiny-t5_sst2,cola.log", "tiny-t5_rte_5shots.log", "cross-origin.log",
          "similarity.log"])
 
 
