@@ -204,12 +204,13 @@ def single_task_section(model_dir):
         return ""
     text = ["## Single-task prompt tuning\n\nTest exact match (Pearson for STS-B) ×100, mean ± std over origins.\n\n"
             + markdown_table(["task", "origins", "ours", "paper T5-base", "paper LLaMA-3.1-8B"], [
-                [t, len(paths), mean_std([test_score(p, t) for p in paths]), PAPER_SINGLE.get(t, "–"),
+                [t, len(paths), mean_std([headline_of(p, t) for p in paths]), PAPER_SINGLE.get(t, "–"),
                  PAPER_SINGLE_LLAMA.get(t, "–")] for t, paths in sorted(tuned.items())]) + "\n"]
     return "\n".join(text + [baselines_table(model_dir, task) for task in sorted(tuned)])
 
 
-def test_score(path, task):
+def headline_of(path, task):
+    """A run record's headline test metric (exact match; Pearson for STS-B)."""
     return metrics.headline(data.TASKS[task], files.read_json(path, "test", task))
 
 
@@ -230,7 +231,7 @@ def baselines_table(model_dir, task):
     for run in sorted(others):  # a loss the tuned runs have too (an earlier --loss) keeps its run name
         label = f"tuned, --loss {run.rsplit('_loss-', 1)[1]}"
         columns[label if label not in columns else f"tuned, {run}"] = found(run)
-    values = {label: {o: test_score(p, task) for o, p in paths.items()} for label, paths in columns.items()}
+    values = {label: {o: headline_of(p, task) for o, p in paths.items()} for label, paths in columns.items()}
     tuned_label = next(label for label in columns if label.startswith("tuned"))
     gain = {o: values[tuned_label][o] - u for o, u in values["untuned origin"].items() if o in values[tuned_label]}
     origins = sorted(set().union(*columns.values()))
@@ -239,7 +240,7 @@ def baselines_table(model_dir, task):
     if len(origins) > 1:
         rows.append(["mean ± std", *[mean_std(list(values[label].values())) for label in columns],
                      mean_std(list(gain.values()))])
-    alone = (f"; the model without a prompt: {100 * test_score(next(iter(no_prompt.values())), task):.1f}"
+    alone = (f"; the model without a prompt: {100 * headline_of(next(iter(no_prompt.values())), task):.1f}"
              if no_prompt else "")
     return (f"### {task}: baselines, per origin\n\nTest exact match ×100 of the untuned origin and the tuned prompt "
             f"on each origin{alone}.\n\n" + markdown_table(["origin", *columns, "tuned − untuned"], rows) + "\n")
@@ -257,8 +258,9 @@ def addition_section(model_dir, out_dir):
             rows.append([name, origin, " / ".join(f"{100 * test[t]:.1f}" for t in tasks), f"{lam:.2f}",
                          " / ".join(f"{relative[t]:.2f}" for t in tasks),
                          f"{paper[0]} / {paper[1]} (λ {paper[2]})" if paper else "–"])
-            if files.read_json(path, "sweep"):  # λ chosen here, not given
-                sweeps.setdefault(name, (tasks, []))[1].append((lam, files.read_json(path, "sweep")))
+            sweep = files.read_json(path, "sweep")
+            if sweep:  # λ chosen here, not given
+                sweeps.setdefault(name, (tasks, []))[1].append((lam, sweep))
     if not rows:
         return ""
     images = []
